@@ -1,0 +1,113 @@
+"""KV caches the shared attention layer writes to and attends over.
+
+A cache is a pytree with one method, `attend(layer, q, k, v, positions, sm_scale) -> (out, cache)`:
+it stores the new `k`/`v` of this forward pass for `layer` and returns attention of `q` over
+everything cached so far (causal). Two implementations share the model code:
+
+- `PagedKVCache`: the engine's cache. Tokens are packed `[num_tokens, ...]` across sequences;
+  K/V live in one pool `[num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim]`
+  addressed through block tables (`PagedAttentionMetadata`). Backends: `"reference"` (jnp
+  gather), `"pallas"` (compiled kernels) and `"pallas_interpret"` (the kernels in interpret mode).
+- `ContiguousKVCache`: a per-sequence contiguous cache `[num_layers, batch, max_len, ...]` for
+  static batches `[batch, seq]`: the simple generation path and the `jax-static` baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+import pallas_kernels as pk
+
+BACKENDS = ("reference", "pallas", "pallas_interpret")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PagedAttentionMetadata:
+    """Where this step's tokens go in the paged pool and what each sequence attends to."""
+
+    slot_mapping: jax.Array  # i32[num_tokens]: block_id * block_size + offset; negative = padding
+    block_tables: jax.Array  # i32[num_seqs, max_blocks_per_seq]; padded with block 0
+    kv_lens: jax.Array  # i32[num_seqs]: tokens in the cache after this step's writes; 0 = padding
+    query_start_loc: jax.Array  # i32[num_seqs + 1]: sequence s owns tokens [qsl[s], qsl[s+1])
+    backend: str = dataclasses.field(default="reference", metadata=dict(static=True))
+    decode_only: bool = dataclasses.field(default=False, metadata=dict(static=True))  # one token per seq
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"attention backend {self.backend!r} is not one of {BACKENDS}")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PagedKVCache:
+    """The engine's paged KV pool plus this step's metadata."""
+
+    kv_pool: jax.Array  # [num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim]
+    metadata: PagedAttentionMetadata
+
+    def attend(self, layer: int, q, k, v, positions, sm_scale: float):
+        """q `[T, Hq, D]`, k/v `[T, Hkv, D]` -> (`[T, Hq, D]`, updated cache)."""
+        del positions  # encoded in the metadata
+        m = self.metadata
+        pool = pk.write_kv_to_pool(self.kv_pool, layer, k, v, m.slot_mapping)
+        if m.backend == "reference":
+            if m.decode_only:
+                out = pk.paged_attention_reference(
+                    q, pool[layer, 0], pool[layer, 1], m.block_tables, m.kv_lens, sm_scale=sm_scale)
+            else:
+                out = pk.ragged_paged_attention_reference(
+                    q, pool[layer, 0], pool[layer, 1], m.block_tables, m.kv_lens, m.query_start_loc,
+                    sm_scale=sm_scale)
+        else:
+            interpret = m.backend == "pallas_interpret"
+            if m.decode_only:
+                out = pk.paged_attention_from_pool(
+                    q, pool, layer, m.block_tables, m.kv_lens, sm_scale=sm_scale, interpret=interpret)
+            else:
+                out = pk.ragged_paged_attention_from_pool(
+                    q, pool, layer, m.block_tables, m.kv_lens, m.query_start_loc,
+                    sm_scale=sm_scale, interpret=interpret)
+        return out, dataclasses.replace(self, kv_pool=pool)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ContiguousKVCache:
+    """A contiguous cache per sequence of a static batch; position p of sequence b is row p."""
+
+    k: jax.Array  # [num_layers, batch, max_len, num_kv_heads, head_dim]
+    v: jax.Array  # [num_layers, batch, max_len, num_kv_heads, head_dim]
+
+    @classmethod
+    def create(cls, num_layers, batch, max_len, num_kv_heads, head_dim, dtype):
+        shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+    def attend(self, layer: int, q, k, v, positions, sm_scale: float):
+        """q `[B, T, Hq, D]`, k/v `[B, T, Hkv, D]`, positions `i32[B, T]` -> (`[B, T, Hq, D]`, cache).
+
+        Tokens are written at their positions (positions >= max_len are dropped); a query at
+        position p attends to rows <= p, so rows written by padding beyond a sequence's end are
+        overwritten before any query can see them.
+        """
+        batch, seq = positions.shape
+        rows = jnp.broadcast_to(jnp.arange(batch)[:, None], (batch, seq))  # [B, T]
+        kc = self.k.at[layer, rows, positions].set(k.astype(self.k.dtype), mode="drop")
+        vc = self.v.at[layer, rows, positions].set(v.astype(self.v.dtype), mode="drop")
+        keys, values = kc[layer], vc[layer]  # [B, S, Hkv, D]
+        num_kv_heads, head_dim = keys.shape[-2:]
+        group = q.shape[-2] // num_kv_heads
+        qg = q.reshape(batch, seq, num_kv_heads, group, head_dim)  # [B, T, Hkv, G, D]
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32) * sm_scale
+        key_pos = jnp.arange(keys.shape[1])  # [S]
+        visible = key_pos[None, None, :] <= positions[:, :, None]  # [B, T, S]
+        scores = jnp.where(visible[:, None, None], scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(values.dtype), values,
+                         preferred_element_type=jnp.float32)
+        out = out.reshape(batch, seq, num_kv_heads * group, head_dim).astype(q.dtype)
+        return out, ContiguousKVCache(kc, vc)

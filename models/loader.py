@@ -1,0 +1,151 @@
+"""Loading HF checkpoints (safetensors) into the Flax models, tensor by tensor.
+
+`load_model(model, dtype=...)` resolves a local directory or a hub id, reads `config.json`,
+builds the model abstractly (no memory) and fills every parameter from the checkpoint through
+a strict name map: every checkpoint tensor must be used, every parameter must be found, every
+shape must match, and a clear error names the offending tensor otherwise. Each tensor is
+read from a memory map, cast, and sent to its device (or its shards, given `shardings`)
+on its own, so the model never sits twice in host memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from models.config import ModelConfig
+from models.layers import CausalLM
+from models.safetensors_io import SafetensorsFile
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_TORCH_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
+                      "torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+# Buffers some checkpoints carry that are not parameters (recomputed from the config).
+_IGNORED = re.compile(r".*\.rotary_emb\.inv_freq$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not match the model its config describes."""
+
+
+def resolve_dtype(dtype: str, cfg: ModelConfig):
+    """`"auto"` -> the checkpoint's dtype (float32 if unknown); else one of DTYPES."""
+    if dtype == "auto":
+        name = _TORCH_DTYPE_NAMES.get(str(cfg.torch_dtype), "float32")
+        return DTYPES[name]
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported (choose auto, {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def resolve_model_path(model: str) -> str:
+    """A local checkpoint directory, or a hub id downloaded (or found in the cache) by huggingface_hub."""
+    if os.path.isdir(model):
+        return model
+    if os.path.exists(model):
+        raise ValueError(f"model path {model!r} is a file; expected a checkpoint directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model",
+                                                         "*.txt", "*.jinja"])
+    except Exception as e:  # offline, unknown repo, gated, ...
+        raise ValueError(f"{model!r} is not a local directory and could not be fetched from the "
+                         f"Hugging Face hub: {e}") from e
+
+
+def checkpoint_files(model_dir: str) -> list[str]:
+    """The safetensors files of a checkpoint: sharded (with an index) or a single file."""
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        return [os.path.join(model_dir, name) for name in sorted(set(weight_map.values()))]
+    single = os.path.join(model_dir, "model.safetensors")
+    if os.path.exists(single):
+        return [single]
+    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {model_dir}"
+                            " (PyTorch .bin checkpoints are not supported; convert them to safetensors)")
+
+
+def hf_name(path: tuple) -> tuple[str, bool]:
+    """Our parameter path -> (HF tensor name, whether the HF tensor is a transposed Linear weight)."""
+    parts = [str(p) for p in path]
+    leaf = parts[-1]
+    prefix = "" if parts[0] == "lm_head" else "model."
+    if leaf == "kernel":
+        return prefix + ".".join(parts[:-1]) + ".weight", True
+    if leaf == "embedding":
+        return prefix + ".".join(parts[:-1]) + ".weight", False
+    return prefix + ".".join(parts), False
+
+
+def abstract_model(cfg: ModelConfig, dtype) -> tuple[nnx.GraphDef, nnx.State]:
+    """The model's graph definition and a state of ShapeDtypeStructs (allocates nothing)."""
+    abstract = nnx.eval_shape(lambda: CausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract)
+
+
+def load_params(cfg: ModelConfig, model_dir: str, dtype,
+                sharding_for: Callable[[tuple], jax.sharding.Sharding] | None = None) -> tuple[nnx.GraphDef, nnx.State]:
+    """Fills the model's parameters from `model_dir`'s safetensors files.
+
+    `sharding_for(path)` gives each parameter's target sharding (default: the default device).
+    Raises `CheckpointError` naming the missing, unexpected or misshapen tensors.
+    """
+    graphdef, abstract_state = abstract_model(cfg, dtype)
+    flat = list(nnx.to_flat_state(abstract_state))
+    targets = {}  # HF name -> (our path, variable, transposed)
+    for path, var in flat:
+        name, transposed = hf_name(path)
+        targets[name] = (path, var, transposed)
+    loaded, unexpected, misshapen = set(), [], []
+    tied_alias = "lm_head.weight" if cfg.tie_word_embeddings else None
+    for file in checkpoint_files(model_dir):
+        st = SafetensorsFile(file)
+        for name in st.names():
+            if _IGNORED.match(name) or name == tied_alias:
+                continue  # non-parameter buffer / the tied head's duplicate of the embedding
+            if name not in targets:
+                unexpected.append(f"{name} (in {os.path.basename(file)})")
+                continue
+            path, var, transposed = targets[name]
+            want = var.get_value().shape
+            have = st.shape(name)
+            if (have[::-1] if transposed else have) != want:
+                shown = tuple(reversed(want)) if transposed else want
+                misshapen.append(f"{name}: checkpoint {tuple(have)}, model expects {shown}")
+                continue
+            array = st.get(name)
+            if transposed:
+                array = array.T
+            array = np.asarray(array).astype(var.get_value().dtype)
+            sharding = sharding_for(path) if sharding_for else None
+            var.set_value(jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array))
+            loaded.add(name)
+    missing = sorted(set(targets) - loaded)
+    problems = []
+    if missing:
+        problems.append("missing tensors: " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected tensors (not used by the model): " + ", ".join(unexpected))
+    if misshapen:
+        problems.append("misshapen tensors: " + "; ".join(misshapen))
+    if problems:
+        raise CheckpointError(f"checkpoint {model_dir} does not match {cfg.architecture}: " + " | ".join(problems))
+    return graphdef, nnx.from_flat_state(flat)
+
+
+def load_model(model: str, dtype: str = "auto", **config_overrides) -> tuple[CausalLM, ModelConfig, str]:
+    """(model with loaded weights, its config, the resolved checkpoint directory)."""
+    model_dir = resolve_model_path(model)
+    cfg = ModelConfig.from_pretrained(model_dir, **config_overrides)
+    graphdef, state = load_params(cfg, model_dir, resolve_dtype(dtype, cfg))
+    return nnx.merge(graphdef, state), cfg, model_dir
