@@ -1,0 +1,379 @@
+"""The engine loop: requests in, continuous batching over the paged KV pool, outputs out.
+
+`LLMEngine.add_request` validates and tokenizes a prompt and hands one scheduler request per
+completion to the `Scheduler`; `step()` schedules, runs the model (`ModelRunner`), feeds the
+sampled tokens back (`Scheduler.update`), detokenizes and returns `RequestOutput`s of the
+requests that finished, and of streaming requests that made progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from models.config import ModelConfig
+from models.loader import load_params, resolve_dtype, resolve_model_path
+from pagedjax.config import EngineConfig
+from pagedjax.detokenizer import IncrementalDetokenizer
+from pagedjax.outputs import CompletionOutput, Logprob, RequestOutput
+from pagedjax.runner import ModelRunner, SamplingRow
+from pagedjax.sampling_params import SamplingParams
+from scheduler.request import Request, StopCriteria
+from scheduler.scheduler import Scheduler, SchedulerConfig
+
+logger = logging.getLogger("pagedjax")
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+
+
+@dataclasses.dataclass(eq=False)
+class _Completion:
+    """Engine-side state of one completion (one scheduler request)."""
+
+    seq_id: str
+    group: "_Group"
+    index: int
+    row: SamplingRow
+    detok: IncrementalDetokenizer | None  # live when streaming or stop strings need text
+    suppress_ids: tuple[int, ...]  # forbidden while fewer than min_tokens were generated
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    cumulative_logprob: float = 0.0
+    logprobs: list | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    text: str = ""
+
+
+@dataclasses.dataclass(eq=False)
+class _Group:
+    """One user request: a prompt and its completions."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    stream: bool
+    completions: list[_Completion] = dataclasses.field(default_factory=list)
+    num_cached_tokens: int = 0
+    arrival_time: float = 0.0
+    first_token_time: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(c.finish_reason is not None for c in self.completions)
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _generation_eos_ids(model_dir: str) -> tuple[int, ...]:
+    path = os.path.join(model_dir, "generation_config.json")
+    if not os.path.exists(path):
+        return ()
+    with open(path) as f:
+        eos = json.load(f).get("eos_token_id")
+    if eos is None:
+        return ()
+    return tuple(eos) if isinstance(eos, list) else (int(eos),)
+
+
+class LLMEngine:
+    """The paged, continuously batching inference engine (offline `LLM` and the server use it)."""
+
+    def __init__(self, config: EngineConfig):
+        start = time.perf_counter()
+        self.config = config
+        model_dir = resolve_model_path(config.model)
+        self.model_config = cfg = ModelConfig.from_pretrained(model_dir)
+        self.tokenizer = _load_tokenizer(resolve_model_path(config.tokenizer) if config.tokenizer else model_dir)
+        self.max_model_len = self._resolve_max_model_len(cfg, config.max_model_len)
+        self.max_num_batched_tokens = config.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
+        dtype = resolve_dtype(config.dtype, cfg)
+        self.platform = jax.default_backend()
+        self.backend = config.resolved_backend(self.platform)
+        graphdef, params = load_params(cfg, model_dir, dtype)
+        self.load_seconds = time.perf_counter() - start
+        self.profile: dict = {}
+        num_blocks = config.num_kv_blocks or self._profile_num_blocks(graphdef, params, cfg, dtype)
+        if num_blocks * config.block_size < self.max_model_len:
+            raise ValueError(
+                f"The model's max seq len ({self.max_model_len}) is larger than the maximum number of tokens "
+                f"that can be stored in KV cache ({num_blocks * config.block_size} = {num_blocks} blocks of "
+                f"{config.block_size}). Try increasing gpu_memory_utilization or num_kv_blocks, or decreasing "
+                f"max_model_len.")
+        self.runner = ModelRunner(
+            graphdef, params, cfg, num_blocks=num_blocks, block_size=config.block_size,
+            max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens, backend=self.backend, kv_dtype=dtype,
+            seed=config.seed)
+        self.scheduler = Scheduler(SchedulerConfig(
+            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
+            max_model_len=self.max_model_len, block_size=config.block_size, num_blocks=num_blocks,
+            enable_prefix_caching=config.enable_prefix_caching))
+        tok_eos = self.tokenizer.eos_token_id
+        self.eos_token_id = tok_eos if tok_eos is not None else (cfg.eos_token_ids or (None,))[0]
+        extra = set(_generation_eos_ids(model_dir)) | set(cfg.eos_token_ids)
+        self.extra_eos_ids = tuple(sorted(extra - {self.eos_token_id}))
+        self._groups: dict[str, _Group] = {}
+        self._completions: dict[str, _Completion] = {}
+        self._counter = itertools.count()
+        self.num_steps = 0
+        self.host_seconds = 0.0  # schedule + input preparation + output processing
+        self.startup_seconds = time.perf_counter() - start
+
+    # --------------------------------------------------------------------------- set-up
+
+    @staticmethod
+    def _resolve_max_model_len(cfg: ModelConfig, requested: int | None) -> int:
+        derived = cfg.max_position_embeddings
+        if cfg.sliding_window is not None and cfg.sliding_window < derived:
+            # NOTE: the kernels attend to the whole context; beyond the window that would differ
+            # from the model's definition, so the context is capped at the window (as vLLM once did).
+            logger.warning("sliding_window %d < max_position_embeddings %d: capping max_model_len to %d",
+                           cfg.sliding_window, derived, cfg.sliding_window)
+            derived = cfg.sliding_window
+        if requested is None:
+            return derived
+        if requested > derived:
+            raise ValueError(f"max_model_len ({requested}) is larger than the model's maximum context "
+                             f"({derived}: max_position_embeddings or sliding window)")
+        return requested
+
+    def _profile_num_blocks(self, graphdef, params, cfg: ModelConfig, dtype) -> int:
+        """KV blocks that fit in device memory: `gpu_memory_utilization` of the memory JAX may use,
+        minus what is in use (the weights) and the largest step's temporaries (from its compiled
+        memory analysis against a one-block pool). Devices that report no memory (CPU) get
+        `cpu_kv_cache_bytes`, and never more blocks than `max_num_seqs` full-length sequences need."""
+        bytes_per_block = cfg.kv_bytes_per_token(np.dtype(dtype).itemsize) * self.config.block_size
+        max_useful = -(-self.max_model_len // self.config.block_size) * self.config.max_num_seqs
+        device = jax.devices()[0]
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+        if not stats or "bytes_limit" not in stats:
+            return max(1, min(self.config.cpu_kv_cache_bytes // bytes_per_block, max_useful))
+        probe = ModelRunner(graphdef, params, cfg, num_blocks=1, block_size=self.config.block_size,
+                            max_model_len=self.max_model_len, max_num_seqs=self.config.max_num_seqs,
+                            max_num_batched_tokens=self.max_num_batched_tokens, backend=self.backend,
+                            kv_dtype=dtype)
+        largest = probe.step_shape(probe.token_buckets[-1], 1, probe.max_blocks_per_seq, False)
+        temp = probe.step_memory(largest)["temp_bytes"]
+        del probe
+        stats = device.memory_stats()
+        free = stats["bytes_limit"] * self.config.gpu_memory_utilization - stats["bytes_in_use"] - temp
+        self.profile = dict(bytes_limit=stats["bytes_limit"], bytes_in_use=stats["bytes_in_use"],
+                            step_temp_bytes=temp, bytes_per_block=bytes_per_block)
+        return max(0, min(int(free // bytes_per_block), max_useful))
+
+    # --------------------------------------------------------------------------- requests
+
+    def tokenize(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt).input_ids)
+
+    def validate_prompt(self, token_ids: Sequence[int]) -> list[int]:
+        """ValueError for an empty prompt, ids outside the vocabulary, or a prompt too long."""
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise ValueError("the prompt is empty (0 tokens)")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        if len(ids) > self.max_model_len:
+            raise ValueError(f"the prompt ({len(ids)} tokens) is longer than max_model_len ({self.max_model_len}); "
+                             f"shorten it or raise max_model_len")
+        return ids
+
+    def add_request(self, request_id: str, prompt: str | None, params: SamplingParams, *,
+                    prompt_token_ids: Sequence[int] | None = None, stream: bool = False) -> None:
+        """Queues a request; its outputs come from `step()`. Invalid input raises ValueError and
+        leaves the engine untouched."""
+        if request_id in self._groups:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"expected SamplingParams, got {type(params).__name__}")
+        if params.prompt_logprobs is not None:
+            raise ValueError("SamplingParams.prompt_logprobs is not supported yet")
+        if prompt_token_ids is None:
+            if prompt is None:
+                raise ValueError("either a prompt or prompt_token_ids is required")
+            prompt_token_ids = self.tokenize(prompt)
+        ids = self.validate_prompt(prompt_token_ids)
+        stop = StopCriteria(
+            max_tokens=params.max_tokens, min_tokens=params.min_tokens,
+            stop_token_ids=frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos
+                                                               else frozenset(self.extra_eos_ids)),
+            eos_token_id=None if params.ignore_eos else self.eos_token_id)
+        suppress = tuple(sorted(stop.stop_token_ids | ({stop.eos_token_id} if stop.eos_token_id is not None
+                                                        else set()))) if params.min_tokens else ()
+        group = _Group(request_id, prompt, ids, params, stream, arrival_time=time.perf_counter())
+        requests = []
+        for index in range(params.num_samples):
+            seq_id = request_id if params.num_samples == 1 else f"{request_id}#{index}"
+            seed = params.seed
+            if seed is not None and index:
+                seed = hash((seed, index)) & 0x7FFFFFFF  # distinct, reproducible stream per completion
+            row = SamplingRow(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                              min_p=params.min_p, presence_penalty=params.presence_penalty,
+                              frequency_penalty=params.frequency_penalty,
+                              repetition_penalty=params.repetition_penalty, seed=seed,
+                              wants_logprobs=params.logprobs is not None)
+            live_text = params.detokenize and (stream or bool(params.stop))
+            detok = self._detokenizer(ids, params) if live_text else None
+            comp = _Completion(seq_id, group, index, row, detok, suppress,
+                               logprobs=[] if params.logprobs is not None else None)
+            group.completions.append(comp)
+            requests.append(Request(seq_id, ids, stop))
+        for req in requests:  # validated above, so these cannot fail half-way
+            self.scheduler.add_request(req)
+        self._groups[request_id] = group
+        for comp in group.completions:
+            self._completions[comp.seq_id] = comp
+
+    def _detokenizer(self, prompt_ids, params: SamplingParams) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self.tokenizer, prompt_ids, skip_special_tokens=params.skip_special_tokens,
+                                      stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output)
+
+    def abort_request(self, request_id: str) -> bool:
+        """Stops a request (all its completions) and frees its KV blocks. False if unknown."""
+        group = self._groups.pop(request_id, None)
+        if group is None:
+            return False
+        for comp in group.completions:
+            self.scheduler.abort_request(comp.seq_id)
+            self._completions.pop(comp.seq_id, None)
+            if comp.finish_reason is None:
+                comp.finish_reason = "abort"
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._groups)
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self._groups)
+
+    # --------------------------------------------------------------------------- the loop
+
+    def step(self) -> list[RequestOutput]:
+        """Runs one engine step; returns outputs of finished requests and of streaming ones that
+        made progress (cumulative text and tokens)."""
+        t0 = time.perf_counter()
+        sched = self.scheduler.schedule()
+        if not sched.scheduled:
+            self.scheduler.update(sched, {})
+            return []
+        comps = self._completions
+        batch = [comps[s.request_id] for s in sched.scheduled]
+        needs_history = any(c.row.uses_penalties for c in batch)
+        histories = None
+        if needs_history:
+            def histories(i):
+                req = self.scheduler.get_request(batch[i].seq_id)
+                return req.prompt_token_ids, req.output_token_ids
+        suppressed = None
+        if any(c.suppress_ids for c in batch):
+            minimum = [c.group.params.min_tokens for c in batch]
+            suppressed = [c.suppress_ids if len(c.token_ids) < m else () for c, m in zip(batch, minimum)]
+        self.runner.copy_blocks(sched.blocks_to_copy)
+        shape, inputs, sampling = self.runner.prepare_inputs(
+            sched.scheduled, [c.row for c in batch], histories, suppressed, [len(c.token_ids) for c in batch])
+        t1 = time.perf_counter()
+        result = self.runner.execute(shape, inputs, sampling, len(batch))
+        t2 = time.perf_counter()
+        sampled = {s.request_id: [int(tok)] for s, tok in zip(sched.scheduled, result.token_ids) if s.sample}
+        update = self.scheduler.update(sched, sampled)
+        outputs = self._process(sched, batch, result, update)
+        self.num_steps += 1
+        self.host_seconds += (t1 - t0) + (time.perf_counter() - t2)
+        return outputs
+
+    def _process(self, sched, batch, result, update) -> list[RequestOutput]:
+        now = None
+        touched: dict[str, _Group] = {}
+        new_tokens = update.new_token_ids
+        for i, (s, comp) in enumerate(zip(sched.scheduled, batch)):
+            tokens = new_tokens.get(s.request_id)
+            if not tokens:
+                continue
+            group = comp.group
+            if group.first_token_time is None:
+                now = now or time.perf_counter()
+                group.first_token_time = now
+                req = self.scheduler.get_request(comp.seq_id)
+                group.num_cached_tokens = req.num_cached_tokens if req is not None else group.num_cached_tokens
+            comp.token_ids.extend(tokens)
+            comp.cumulative_logprob += float(result.logprobs[i])
+            if comp.logprobs is not None:
+                comp.logprobs.append(self._logprob_entry(result, i, tokens[0], group.params.logprobs))
+            if comp.detok is not None:
+                comp.detok.push(tokens)
+                if comp.detok.stop_string is not None and comp.finish_reason is None:
+                    comp.finish_reason, comp.stop_reason = "stop", comp.detok.stop_string
+                    self.scheduler.abort_request(comp.seq_id)
+            if group.stream or comp.finish_reason is not None:
+                touched[group.request_id] = group
+        for req in update.finished:
+            comp = self._completions.get(req.request_id)
+            if comp is None or comp.finish_reason is not None:
+                continue
+            comp.finish_reason, comp.stop_reason = req.finish_reason, req.stop_reason
+            touched[comp.group.request_id] = comp.group
+        outputs = []
+        for group in touched.values():
+            finished = group.finished
+            if finished:
+                self._groups.pop(group.request_id, None)
+                for comp in group.completions:
+                    self._completions.pop(comp.seq_id, None)
+            if group.stream or finished:
+                outputs.append(self._request_output(group, finished))
+        return outputs
+
+    def _logprob_entry(self, result, i: int, token: int, k: int) -> dict[int, Logprob]:
+        entry = {}
+        for rank, (tid, lp) in enumerate(zip(result.top_ids[i][:k], result.top_logprobs[i][:k]), start=1):
+            entry[int(tid)] = Logprob(float(lp), rank, self.tokenizer.decode([int(tid)]))
+        if token not in entry:
+            entry[token] = Logprob(float(result.logprobs[i]), int(result.ranks[i]), self.tokenizer.decode([token]))
+        return entry
+
+    def _completion_text(self, comp: _Completion) -> str:
+        if not comp.group.params.detokenize:
+            return ""
+        if comp.detok is None:  # decode once, at the end
+            comp.detok = self._detokenizer(comp.group.prompt_token_ids, comp.group.params)
+            comp.detok.push(comp.token_ids)
+        return comp.detok.text
+
+    def _request_output(self, group: _Group, finished: bool) -> RequestOutput:
+        comps = group.completions
+        if finished and len(comps) > group.params.n:  # best_of: keep the n most likely
+            comps = sorted(comps, key=lambda c: c.cumulative_logprob, reverse=True)[: group.params.n]
+        outs = [CompletionOutput(index=i if finished else c.index, text=self._completion_text(c),
+                                 token_ids=list(c.token_ids), cumulative_logprob=c.cumulative_logprob,
+                                 logprobs=c.logprobs, finish_reason=c.finish_reason, stop_reason=c.stop_reason)
+                for i, c in enumerate(comps)]
+        return RequestOutput(group.request_id, group.prompt, group.prompt_token_ids, outs, finished,
+                             num_cached_tokens=group.num_cached_tokens)
+
+    def next_request_id(self) -> str:
+        return str(next(self._counter))
+
+    # --------------------------------------------------------------------------- stats
+
+    def stats(self) -> dict:
+        """Counters: KV blocks, preemptions, prefix-cache queries/hits (tokens), compiles, timing."""
+        s = dict(self.scheduler.stats())
+        s.update(num_compiles=self.runner.num_compiles, compile_seconds=self.runner.compile_seconds,
+                 num_steps=self.num_steps, host_seconds=self.host_seconds, attention_backend=self.backend,
+                 max_model_len=self.max_model_len, startup_seconds=self.startup_seconds)
+        return s

@@ -1,0 +1,118 @@
+"""`LLM`: the offline entry point, with vLLM's constructor and `generate`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from pagedjax.config import EngineConfig
+from pagedjax.engine import LLMEngine
+from pagedjax.outputs import RequestOutput
+from pagedjax.sampling_params import SamplingParams, as_list
+
+
+def parse_prompt(prompt: Any) -> tuple[str | None, list[int] | None]:
+    """A prompt as (text, token ids): a string, or a `{"prompt_token_ids": [...]}` dict."""
+    if isinstance(prompt, str):
+        return prompt, None
+    if isinstance(prompt, dict):
+        if "prompt_token_ids" in prompt:
+            ids = prompt["prompt_token_ids"]
+            if not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) for t in ids):
+                raise ValueError("prompt_token_ids must be a list of integers")
+            return prompt.get("prompt"), list(ids)
+        if "prompt" in prompt and isinstance(prompt["prompt"], str):
+            return prompt["prompt"], None
+    raise ValueError(f"a prompt must be a string or a {{'prompt_token_ids': [...]}} dict, got {type(prompt).__name__}")
+
+
+class LLM:
+    """An offline LLM over the paged engine (vLLM's `LLM`).
+
+    Args:
+        model: a checkpoint directory or Hugging Face hub id.
+        tokenizer: tokenizer directory/id (default: the model's).
+        dtype: "auto" (the checkpoint's), "float32", "bfloat16" or "float16".
+        block_size: tokens per KV block (8, 16, 32 or 64).
+        num_kv_blocks: size of the KV pool in blocks (default: sized from free device memory).
+        gpu_memory_utilization: fraction of device memory the weights, activations and KV pool may use.
+        max_model_len: context length (default: the model's); prompts longer than it are rejected.
+        max_num_seqs: sequences per step at most.
+        max_num_batched_tokens: tokens per step at most (default 8192); longer prompts are chunked.
+        enable_prefix_caching: reuse KV blocks of identical prompt prefixes.
+        attention_backend: "auto" (Pallas on GPU, jnp reference elsewhere), "pallas", "reference",
+            or "pallas_interpret" (the kernels in interpret mode, for testing on CPU).
+        seed: seed of the engine's random stream (requests may carry their own).
+    """
+
+    def __init__(self, model: str, *, tokenizer: str | None = None, dtype: str = "auto", block_size: int = 16,
+                 num_kv_blocks: int | None = None, gpu_memory_utilization: float = 0.9,
+                 max_model_len: int | None = None, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int | None = None, enable_prefix_caching: bool = True,
+                 attention_backend: str = "auto", seed: int = 0):
+        self.engine = LLMEngine(EngineConfig(
+            model=model, tokenizer=tokenizer, dtype=dtype, block_size=block_size, num_kv_blocks=num_kv_blocks,
+            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+            enable_prefix_caching=enable_prefix_caching, attention_backend=attention_backend, seed=seed))
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer
+
+    def stats(self) -> dict:
+        """Engine counters: num_kv_blocks, num_free_kv_blocks, num_preemptions, prefix_cache_queries,
+        prefix_cache_hits (tokens), num_compiles, ..."""
+        return self.engine.stats()
+
+    def precompile(self) -> int:
+        """Compiles every step bucket now (start-up warm-up); returns the number compiled."""
+        return self.engine.runner.precompile()
+
+    def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Generates completions for `prompts` (a prompt or a list of them); outputs in input order."""
+        single = isinstance(prompts, (str, dict))
+        prompt_list = [prompts] if single else list(prompts)
+        params = as_list(sampling_params, len(prompt_list), SamplingParams())
+        parsed = [parse_prompt(p) for p in prompt_list]
+        engine = self.engine
+        # Validate everything before queueing anything, so a bad prompt leaves nothing behind.
+        token_ids = [engine.validate_prompt(ids if ids is not None else engine.tokenize(text))
+                     for text, ids in parsed]
+        for p in params:
+            if not isinstance(p, SamplingParams):
+                raise ValueError(f"expected SamplingParams, got {type(p).__name__}")
+        ids = []
+        try:
+            for (text, _), toks, p in zip(parsed, token_ids, params):
+                rid = engine.next_request_id()
+                engine.add_request(rid, text, p, prompt_token_ids=toks)
+                ids.append(rid)
+            return self._run(ids, use_tqdm)
+        except BaseException:
+            for rid in ids:
+                engine.abort_request(rid)
+            raise
+
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        wanted = set(request_ids)
+        done: dict[str, RequestOutput] = {}
+        bar = None
+        if use_tqdm:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True)
+        start, out_tokens = time.perf_counter(), 0
+        while len(done) < len(wanted):
+            for out in self.engine.step():
+                if out.finished and out.request_id in wanted:
+                    done[out.request_id] = out
+                    out_tokens += sum(len(c.token_ids) for c in out.outputs)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix_str(f"output: {out_tokens / (time.perf_counter() - start):.1f} toks/s")
+            if not self.engine.has_unfinished_requests() and len(done) < len(wanted):
+                raise RuntimeError("engine has no work left but requests did not finish")
+        if bar is not None:
+            bar.close()
+        return [done[rid] for rid in request_ids]

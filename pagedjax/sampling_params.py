@@ -1,0 +1,146 @@
+"""`SamplingParams` and `BeamSearchParams`: vLLM's names, defaults and meanings.
+
+Both are frozen and validate themselves at construction, raising `ValueError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+_GREEDY_EPS = 1e-5  # vLLM treats temperatures below this as greedy
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How to sample the completion(s) of one prompt (vLLM's `SamplingParams`).
+
+    n: completions to return. best_of: completions to generate, the n with the highest
+    cumulative logprob are returned (>= n; default n). temperature: 0 means greedy.
+    top_p, top_k (-1 or 0 = off), min_p: nucleus / top-k / min-p filtering.
+    presence_penalty, frequency_penalty (OpenAI's, over generated tokens), repetition_penalty
+    (HF's/CTRL's, over prompt and generated tokens; 1 = off). seed: per-request seed, giving the
+    same tokens whatever else shares the batch. stop: strings that end the completion (cut from
+    the text unless include_stop_str_in_output). stop_token_ids: tokens that end it (kept in
+    token_ids, not in text). ignore_eos: keep going past EOS. max_tokens / min_tokens: bounds
+    on generated tokens (stop tokens and EOS are suppressed before min_tokens). logprobs: number
+    of top logprobs to return per generated token (the sampled token's always included);
+    prompt_logprobs: likewise per prompt token. skip_special_tokens / detokenize: text options.
+    """
+
+    n: int = 1
+    best_of: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    max_tokens: int = 16
+    min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    detokenize: bool = True
+
+    MAX_LOGPROBS = 20  # like vLLM's default max_logprobs
+
+    def __post_init__(self):
+        # Normalise list inputs (users pass lists, as with vLLM) to hashable tuples.
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop or ()))
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in (self.stop_token_ids or ())))
+        if self.top_k == -1:
+            object.__setattr__(self, "top_k", 0)
+        if self.temperature < _GREEDY_EPS and self.temperature != 0.0 and self.temperature >= 0:
+            object.__setattr__(self, "temperature", 0.0)
+        self._validate()
+
+    def _validate(self):
+        def bad(field, value, rule):
+            raise ValueError(f"SamplingParams.{field} must be {rule}, got {value!r}")
+
+        if not isinstance(self.n, int) or self.n < 1:
+            bad("n", self.n, "an integer >= 1")
+        if self.best_of is not None and (not isinstance(self.best_of, int) or self.best_of < self.n):
+            bad("best_of", self.best_of, f"an integer >= n ({self.n})")
+        if not -2.0 <= self.presence_penalty <= 2.0:
+            bad("presence_penalty", self.presence_penalty, "in [-2, 2]")
+        if not -2.0 <= self.frequency_penalty <= 2.0:
+            bad("frequency_penalty", self.frequency_penalty, "in [-2, 2]")
+        if not self.repetition_penalty > 0.0:
+            bad("repetition_penalty", self.repetition_penalty, "> 0")
+        if not self.temperature >= 0.0:
+            bad("temperature", self.temperature, ">= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            bad("top_p", self.top_p, "in (0, 1]")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            bad("top_k", self.top_k, "-1, 0 (off) or a positive integer")
+        if not 0.0 <= self.min_p <= 1.0:
+            bad("min_p", self.min_p, "in [0, 1]")
+        if self.seed is not None and not isinstance(self.seed, int):
+            bad("seed", self.seed, "an integer or None")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            bad("max_tokens", self.max_tokens, "an integer >= 1")
+        if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            bad("min_tokens", self.min_tokens, "an integer >= 0")
+        if self.min_tokens > self.max_tokens:
+            bad("min_tokens", self.min_tokens, f"<= max_tokens ({self.max_tokens})")
+        for field in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or not 0 <= value <= self.MAX_LOGPROBS):
+                bad(field, value, f"None or an integer in [0, {self.MAX_LOGPROBS}]")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            bad("stop", self.stop, "non-empty strings")
+        if any(t < 0 for t in self.stop_token_ids):
+            bad("stop_token_ids", self.stop_token_ids, "non-negative token ids")
+        if self.stop and not self.detokenize:
+            bad("stop", self.stop, "empty when detokenize=False (stop strings need text)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def num_samples(self) -> int:
+        """Completions generated (best_of, or n)."""
+        return self.best_of or self.n
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamSearchParams:
+    """Beam search (vLLM's `BeamSearchParams`): keep `beam_width` best sequences by cumulative
+    logprob (normalised by `length ** length_penalty` when ranking finished beams)."""
+
+    beam_width: int
+    max_tokens: int
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    length_penalty: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.beam_width, int) or self.beam_width < 1:
+            raise ValueError(f"BeamSearchParams.beam_width must be an integer >= 1, got {self.beam_width!r}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"BeamSearchParams.max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"BeamSearchParams.temperature must be >= 0, got {self.temperature!r}")
+
+
+def as_list(params, count: int, default) -> list:
+    """One params object per prompt: broadcast a single one, check a list's length."""
+    if params is None:
+        params = default
+    if isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
+        if len(params) != count:
+            raise ValueError(f"got {len(params)} sampling params for {count} prompts")
+        return list(params)
+    return [params] * count
