@@ -1,0 +1,105 @@
+"""Engine behaviour beyond parity: input validation, abort, compile counts, memory, outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagedjax import LLM, CompletionOutput, RequestOutput, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def llm(llama_dir):
+    return LLM(llama_dir, num_kv_blocks=64, max_model_len=128, max_num_seqs=8, max_num_batched_tokens=64)
+
+
+def test_clear_value_errors(llm):
+    greedy = SamplingParams(temperature=0.0, max_tokens=4)
+    with pytest.raises(ValueError, match=r"prompt \(129 tokens\) is longer than max_model_len \(128\)"):
+        llm.generate({"prompt_token_ids": [5] * 129}, greedy, use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        llm.generate({"prompt_token_ids": []}, greedy, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"token id 512 is outside the vocabulary \[0, 512\)"):
+        llm.generate({"prompt_token_ids": [1, 512]}, greedy, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"token id -1 is outside"):
+        llm.generate({"prompt_token_ids": [-1]}, greedy, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"SamplingParams.max_tokens must be an integer >= 1, got 0"):
+        SamplingParams(max_tokens=0)
+    with pytest.raises(ValueError, match="got 1 sampling params for 2 prompts"):
+        llm.generate(["a", "b"], [greedy], use_tqdm=False)
+    with pytest.raises(ValueError, match="a prompt must be a string"):
+        llm.generate([3.5], greedy, use_tqdm=False)
+    # a bad prompt in a batch queues nothing; the engine keeps serving afterwards
+    with pytest.raises(ValueError):
+        llm.generate([{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": []}], greedy, use_tqdm=False)
+    assert not llm.engine.has_unfinished_requests()
+    (out,) = llm.generate("still serving", greedy, use_tqdm=False)
+    assert len(out.outputs[0].token_ids) == 4
+    stats = llm.stats()
+    assert stats["num_free_kv_blocks"] == stats["num_kv_blocks"]
+
+
+def test_output_objects(llm):
+    outs = llm.generate(["Hello", {"prompt_token_ids": [1, 40, 41]}],
+                        SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True), use_tqdm=False)
+    assert [type(o) for o in outs] == [RequestOutput, RequestOutput]
+    assert outs[0].prompt == "Hello" and outs[1].prompt is None
+    assert outs[1].prompt_token_ids == [1, 40, 41]
+    for o in outs:
+        (c,) = o.outputs
+        assert isinstance(c, CompletionOutput) and o.finished
+        assert c.index == 0 and len(c.token_ids) == 5 and c.finish_reason == "length" and c.stop_reason is None
+        assert c.text == llm.get_tokenizer().decode(c.token_ids) or c.text  # decoded with prompt context
+        assert c.cumulative_logprob < 0
+
+
+def test_abort_frees_blocks(llm):
+    engine = llm.engine
+    engine.add_request("a", None, SamplingParams(max_tokens=50, ignore_eos=True), prompt_token_ids=list(range(1, 40)))
+    engine.add_request("b", None, SamplingParams(max_tokens=50, ignore_eos=True), prompt_token_ids=list(range(2, 60)))
+    for _ in range(3):
+        engine.step()
+    stats = llm.stats()
+    assert stats["num_free_kv_blocks"] < stats["num_kv_blocks"]
+    assert engine.abort_request("a") and engine.abort_request("b")
+    assert not engine.abort_request("a")
+    assert not engine.has_unfinished_requests()
+    stats = llm.stats()
+    assert stats["num_free_kv_blocks"] == stats["num_kv_blocks"]
+
+
+def test_stop_token_and_eos(llm):
+    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    (base,) = llm.generate({"prompt_token_ids": [1, 77, 78, 79]}, greedy, use_tqdm=False)
+    tokens = base.outputs[0].token_ids
+    stop_at = tokens[5]
+    first = tokens.index(stop_at)
+    params = SamplingParams(temperature=0.0, max_tokens=12, stop_token_ids=[stop_at])
+    (out,) = llm.generate({"prompt_token_ids": [1, 77, 78, 79]}, params, use_tqdm=False)
+    c = out.outputs[0]
+    assert c.token_ids == tokens[: first + 1] and c.finish_reason == "stop" and c.stop_reason == stop_at
+
+
+def test_precompiled_buckets_cover_new_lengths(llama_dir):
+    llm = LLM(llama_dir, num_kv_blocks=32, max_model_len=64, max_num_seqs=4, max_num_batched_tokens=32)
+    n = llm.precompile()
+    assert n == llm.stats()["num_compiles"] > 0
+    greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    llm.generate([{"prompt_token_ids": [1] * k} for k in (3, 17, 30)], greedy, use_tqdm=False)
+    llm.generate([{"prompt_token_ids": [2] * k} for k in (1, 9, 25, 40)], greedy, use_tqdm=False)
+    assert llm.stats()["num_compiles"] == n  # nothing compiled after warm-up
+
+
+def test_step_temporaries_do_not_scale_with_kv_pool(llama_dir):
+    # The pool is donated and updated in place: a copy of it would show up as temporaries that
+    # grow with the pool. Compare the compiled steps' memory analyses for two pool sizes.
+    temps = {}
+    for blocks in (1024, 4096):
+        llm = LLM(llama_dir, num_kv_blocks=blocks, max_model_len=256, max_num_seqs=8, max_num_batched_tokens=64)
+        runner = llm.engine.runner
+        for shape in (runner.step_shape(8, 8, runner.max_blocks_per_seq, True),
+                      runner.step_shape(64, 2, runner.max_blocks_per_seq, False)):
+            mem = runner.step_memory(shape)
+            temps[blocks, shape.decode_only] = mem["temp_bytes"]
+            pool_bytes = mem["kv_pool_bytes"]
+    assert temps[1024, True] == temps[4096, True] and temps[1024, False] == temps[4096, False], temps
+    assert max(temps.values()) < 0.1 * pool_bytes, (temps, pool_bytes)
