@@ -70,6 +70,15 @@ class _Group:
         return all(c.finish_reason is not None for c in self.completions)
 
 
+def enable_compilation_cache() -> None:
+    """Turns on JAX's persistent compilation cache (under pagedjax's cache dir) unless the user
+    configured one, so a second start-up skips compilation."""
+    from pagedjax.default_model import cache_dir
+
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir(), "xla"))
+
+
 def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -92,6 +101,7 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig):
         start = time.perf_counter()
+        enable_compilation_cache()
         self.config = config
         model_dir = resolve_model_path(config.model)
         self.model_config = cfg = ModelConfig.from_pretrained(model_dir)

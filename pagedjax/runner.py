@@ -86,9 +86,14 @@ class StepResult:
 
 
 def _step(graphdef, backend: str, decode_only: bool, num_logprobs: int,
-          params, kv_pool, inputs: dict, sampling: SamplingTensors, key):
-    """One engine step on device: forward over the packed tokens, then sample one token per row."""
+          params, kv_pool, inputs: dict, sampling: SamplingTensors, rng):
+    """One engine step on device: forward over the packed tokens, then sample one token per row.
+
+    `rng` u32[2] = (engine seed, step counter): this step's key is derived on device, saving a
+    host-side dispatch per step.
+    """
     model = nnx.merge(graphdef, params)
+    key = jax.random.fold_in(jax.random.key(rng[0]), rng[1])
     metadata = PagedAttentionMetadata(
         slot_mapping=inputs["slot_mapping"], block_tables=inputs["block_tables"], kv_lens=inputs["kv_lens"],
         query_start_loc=inputs["query_start_loc"], backend=backend, decode_only=decode_only)
@@ -121,7 +126,7 @@ class ModelRunner:
                               else pow2_buckets(min(4, self.max_blocks_per_seq), self.max_blocks_per_seq))
         shape = (config.num_layers, 2, config.num_kv_heads, num_blocks, block_size, config.head_dim)
         self.kv_pool = jnp.zeros(shape, kv_dtype)  # [L, 2, Hkv, num_blocks, block_size, D]
-        self._base_key = jax.random.key(seed)
+        self._seed = seed & 0xFFFFFFFF
         self._step_count = 0
         self._compiled: dict = {}
         self.num_compiles = 0
@@ -169,7 +174,7 @@ class ModelRunner:
             output_tokens=i32(s, shape.penalty_len))
         params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.params)
         pool = jax.ShapeDtypeStruct(self.kv_pool.shape, self.kv_pool.dtype, sharding=self.kv_pool.sharding)
-        return params, pool, inputs, sampling, jax.eval_shape(lambda: self._base_key)
+        return params, pool, inputs, sampling, jax.ShapeDtypeStruct((2,), jnp.uint32)
 
     def compiled_step(self, shape: StepShape):
         """The compiled step for `shape` (compiling it on first use)."""
@@ -316,9 +321,9 @@ class ModelRunner:
     def execute(self, shape: StepShape, inputs: dict, sampling: SamplingTensors, num_seqs: int) -> StepResult:
         """Runs the compiled step for prepared inputs; returns the first `num_seqs` rows' results."""
         fn = self.compiled_step(shape)
-        key = jax.random.fold_in(self._base_key, self._step_count)
+        rng = np.array([self._seed, self._step_count & 0xFFFFFFFF], np.uint32)
         self._step_count += 1
-        self.kv_pool, outs = fn(self.params, self.kv_pool, inputs, sampling, key)
+        self.kv_pool, outs = fn(self.params, self.kv_pool, inputs, sampling, rng)
         token_ids, logprobs, ranks, top_ids, top_lp = jax.device_get(outs)
         top = shape.num_logprobs > 0
         return StepResult(token_ids=token_ids[:num_seqs], logprobs=logprobs[:num_seqs], ranks=ranks[:num_seqs],
