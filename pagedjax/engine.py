@@ -21,6 +21,7 @@ import numpy as np
 
 from models.config import ModelConfig
 from models.loader import load_params, resolve_dtype, resolve_model_path
+from models.presets import PRESETS, preset_config, random_params
 from pagedjax.config import EngineConfig
 from pagedjax.detokenizer import IncrementalDetokenizer
 from pagedjax.outputs import CompletionOutput, Logprob, RequestOutput
@@ -103,15 +104,24 @@ class LLMEngine:
         start = time.perf_counter()
         enable_compilation_cache()
         self.config = config
-        model_dir = resolve_model_path(config.model)
-        self.model_config = cfg = ModelConfig.from_pretrained(model_dir)
-        self.tokenizer = _load_tokenizer(resolve_model_path(config.tokenizer) if config.tokenizer else model_dir)
+        is_preset = config.model in PRESETS and not os.path.isdir(config.model)
+        if is_preset:  # real shapes, random weights made on the device, no tokenizer
+            model_dir = None
+            self.model_config = cfg = preset_config(config.model)
+        else:
+            model_dir = resolve_model_path(config.model)
+            self.model_config = cfg = ModelConfig.from_pretrained(model_dir)
+        tokenizer_path = resolve_model_path(config.tokenizer) if config.tokenizer else model_dir
+        self.tokenizer = _load_tokenizer(tokenizer_path) if tokenizer_path else None
         self.max_model_len = self._resolve_max_model_len(cfg, config.max_model_len)
         self.max_num_batched_tokens = config.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
         dtype = resolve_dtype(config.dtype, cfg)
         self.platform = jax.default_backend()
         self.backend = config.resolved_backend(self.platform)
-        graphdef, params = load_params(cfg, model_dir, dtype)
+        if is_preset:
+            graphdef, params = random_params(cfg, dtype, seed=config.seed)
+        else:
+            graphdef, params = load_params(cfg, model_dir, dtype)
         self.load_seconds = time.perf_counter() - start
         self.profile: dict = {}
         num_blocks = config.num_kv_blocks or self._profile_num_blocks(graphdef, params, cfg, dtype)
@@ -130,9 +140,9 @@ class LLMEngine:
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
             max_model_len=self.max_model_len, block_size=config.block_size, num_blocks=num_blocks,
             enable_prefix_caching=config.enable_prefix_caching))
-        tok_eos = self.tokenizer.eos_token_id
+        tok_eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         self.eos_token_id = tok_eos if tok_eos is not None else (cfg.eos_token_ids or (None,))[0]
-        extra = set(_generation_eos_ids(model_dir)) | set(cfg.eos_token_ids)
+        extra = set(_generation_eos_ids(model_dir) if model_dir else ()) | set(cfg.eos_token_ids)
         self.extra_eos_ids = tuple(sorted(extra - {self.eos_token_id}))
         self._groups: dict[str, _Group] = {}
         self._completions: dict[str, _Completion] = {}
@@ -186,6 +196,8 @@ class LLMEngine:
     # --------------------------------------------------------------------------- requests
 
     def tokenize(self, prompt: str) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError(f"model {self.config.model!r} has no tokenizer: pass prompt_token_ids")
         return list(self.tokenizer(prompt).input_ids)
 
     def validate_prompt(self, token_ids: Sequence[int]) -> list[int]:
@@ -236,7 +248,9 @@ class LLMEngine:
                               frequency_penalty=params.frequency_penalty,
                               repetition_penalty=params.repetition_penalty, seed=seed,
                               wants_logprobs=params.logprobs is not None)
-            live_text = params.detokenize and (stream or bool(params.stop))
+            if params.stop and self.tokenizer is None:
+                raise ValueError("stop strings need a tokenizer; this model has none")
+            live_text = params.detokenize and self.tokenizer is not None and (stream or bool(params.stop))
             detok = self._detokenizer(ids, params) if live_text else None
             comp = _Completion(seq_id, group, index, row, detok, suppress,
                                logprobs=[] if params.logprobs is not None else None)
@@ -349,15 +363,16 @@ class LLMEngine:
         return outputs
 
     def _logprob_entry(self, result, i: int, token: int, k: int) -> dict[int, Logprob]:
+        decode = (lambda t: self.tokenizer.decode([t])) if self.tokenizer is not None else (lambda t: None)
         entry = {}
         for rank, (tid, lp) in enumerate(zip(result.top_ids[i][:k], result.top_logprobs[i][:k]), start=1):
-            entry[int(tid)] = Logprob(float(lp), rank, self.tokenizer.decode([int(tid)]))
+            entry[int(tid)] = Logprob(float(lp), rank, decode(int(tid)))
         if token not in entry:
-            entry[token] = Logprob(float(result.logprobs[i]), int(result.ranks[i]), self.tokenizer.decode([token]))
+            entry[token] = Logprob(float(result.logprobs[i]), int(result.ranks[i]), decode(token))
         return entry
 
     def _completion_text(self, comp: _Completion) -> str:
-        if not comp.group.params.detokenize:
+        if not comp.group.params.detokenize or self.tokenizer is None:
             return ""
         if comp.detok is None:  # decode once, at the end
             comp.detok = self._detokenizer(comp.group.prompt_token_ids, comp.group.params)
