@@ -1,1 +1,28 @@
-"""pallas_kernels."""
+"""Paged attention for pagedjax: Pallas kernels (Triton backend on NVIDIA GPUs, interpret
+mode elsewhere) and the plain-jnp references that are also the CPU fast path.
+
+KV pool layout: [num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim] (index 0 = K).
+"""
+
+from pallas_kernels._common import SUPPORTED_BLOCK_SIZES, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS
+from pallas_kernels.kv_cache import write_kv, write_kv_to_pool
+from pallas_kernels.lowering import lower_for_cuda
+from pallas_kernels.paged_attention import (
+    paged_attention, paged_attention_from_pool, paged_attention_reference)
+from pallas_kernels.ragged_paged_attention import (
+    ragged_paged_attention, ragged_paged_attention_from_pool, ragged_paged_attention_reference)
+
+__all__ = [
+    "SUPPORTED_BLOCK_SIZES",
+    "SUPPORTED_DTYPES",
+    "SUPPORTED_HEAD_DIMS",
+    "lower_for_cuda",
+    "paged_attention",
+    "paged_attention_from_pool",
+    "paged_attention_reference",
+    "ragged_paged_attention",
+    "ragged_paged_attention_from_pool",
+    "ragged_paged_attention_reference",
+    "write_kv",
+    "write_kv_to_pool",
+]
