@@ -25,9 +25,9 @@ from models.presets import PRESETS, preset_config, random_params
 from pagedjax.config import EngineConfig
 from pagedjax.detokenizer import IncrementalDetokenizer
 from pagedjax.outputs import CompletionOutput, Logprob, RequestOutput
-from pagedjax.runner import ModelRunner, SamplingRow
+from pagedjax.runner import ModelRunner, SampleRows, SamplingRow
 from pagedjax.sampling_params import SamplingParams
-from scheduler.request import Request, StopCriteria
+from scheduler.request import Request, StopCriteria, check_stop
 from scheduler.scheduler import Scheduler, SchedulerConfig
 
 logger = logging.getLogger("pagedjax")
@@ -47,6 +47,7 @@ class _Completion:
     token_ids: list[int] = dataclasses.field(default_factory=list)
     cumulative_logprob: float = 0.0
     logprobs: list | None = None
+    pending_children: list = dataclasses.field(default_factory=list)  # completions forking at the first sample
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     text: str = ""
@@ -61,10 +62,12 @@ class _Group:
     prompt_token_ids: list[int]
     params: SamplingParams
     stream: bool
+    stop: StopCriteria | None = None
     completions: list[_Completion] = dataclasses.field(default_factory=list)
     num_cached_tokens: int = 0
     arrival_time: float = 0.0
     first_token_time: float | None = None
+    prompt_logprobs: list | None = None  # [None, {token: Logprob}, ...] when asked for
 
     @property
     def finished(self) -> bool:
@@ -147,6 +150,8 @@ class LLMEngine:
         self._groups: dict[str, _Group] = {}
         self._completions: dict[str, _Completion] = {}
         self._counter = itertools.count()
+        # Callables run with each step's SchedulerOutput right after scheduling (metrics, benchmarks).
+        self.step_observers: list = []
         self.num_steps = 0
         self.host_seconds = 0.0  # schedule + input preparation + output processing
         self.startup_seconds = time.perf_counter() - start
@@ -217,13 +222,19 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: str | None, params: SamplingParams, *,
                     prompt_token_ids: Sequence[int] | None = None, stream: bool = False) -> None:
         """Queues a request; its outputs come from `step()`. Invalid input raises ValueError and
-        leaves the engine untouched."""
+        leaves the engine untouched.
+
+        With `n` (or `best_of`) > 1, one scheduler request computes the prompt; when it samples
+        its first token the sampler draws one token per completion from the same logits and the
+        other completions fork from it, sharing its KV blocks (copy-on-write for the partly
+        filled last block).
+        """
         if request_id in self._groups:
             raise ValueError(f"request id {request_id!r} is already in use")
         if not isinstance(params, SamplingParams):
             raise ValueError(f"expected SamplingParams, got {type(params).__name__}")
-        if params.prompt_logprobs is not None:
-            raise ValueError("SamplingParams.prompt_logprobs is not supported yet")
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer; this model has none")
         if prompt_token_ids is None:
             if prompt is None:
                 raise ValueError("either a prompt or prompt_token_ids is required")
@@ -236,8 +247,10 @@ class LLMEngine:
             eos_token_id=None if params.ignore_eos else self.eos_token_id)
         suppress = tuple(sorted(stop.stop_token_ids | ({stop.eos_token_id} if stop.eos_token_id is not None
                                                         else set()))) if params.min_tokens else ()
-        group = _Group(request_id, prompt, ids, params, stream, arrival_time=time.perf_counter())
-        requests = []
+        group = _Group(request_id, prompt, ids, params, stream, arrival_time=time.perf_counter(), stop=stop)
+        if params.prompt_logprobs is not None:
+            group.prompt_logprobs = [None]
+        live_text = params.detokenize and self.tokenizer is not None and (stream or bool(params.stop))
         for index in range(params.num_samples):
             seq_id = request_id if params.num_samples == 1 else f"{request_id}#{index}"
             seed = params.seed
@@ -248,16 +261,15 @@ class LLMEngine:
                               frequency_penalty=params.frequency_penalty,
                               repetition_penalty=params.repetition_penalty, seed=seed,
                               wants_logprobs=params.logprobs is not None)
-            if params.stop and self.tokenizer is None:
-                raise ValueError("stop strings need a tokenizer; this model has none")
-            live_text = params.detokenize and self.tokenizer is not None and (stream or bool(params.stop))
             detok = self._detokenizer(ids, params) if live_text else None
-            comp = _Completion(seq_id, group, index, row, detok, suppress,
-                               logprobs=[] if params.logprobs is not None else None)
-            group.completions.append(comp)
-            requests.append(Request(seq_id, ids, stop))
-        for req in requests:  # validated above, so these cannot fail half-way
-            self.scheduler.add_request(req)
+            group.completions.append(_Completion(seq_id, group, index, row, detok, suppress,
+                                                 logprobs=[] if params.logprobs is not None else None))
+        parent = group.completions[0]
+        parent.pending_children = group.completions[1:]
+        request = Request(parent.seq_id, ids, stop)
+        # NOTE: prompt logprobs need every prompt position computed: no prefix-cache hit.
+        request.skip_prefix_cache = params.prompt_logprobs is not None
+        self.scheduler.add_request(request)
         self._groups[request_id] = group
         for comp in group.completions:
             self._completions[comp.seq_id] = comp
@@ -295,32 +307,76 @@ class LLMEngine:
         if not sched.scheduled:
             self.scheduler.update(sched, {})
             return []
+        for observe in self.step_observers:
+            observe(sched)
         comps = self._completions
         batch = [comps[s.request_id] for s in sched.scheduled]
-        needs_history = any(c.row.uses_penalties for c in batch)
-        histories = None
-        if needs_history:
-            def histories(i):
-                req = self.scheduler.get_request(batch[i].seq_id)
-                return req.prompt_token_ids, req.output_token_ids
-        suppressed = None
-        if any(c.suppress_ids for c in batch):
-            minimum = [c.group.params.min_tokens for c in batch]
-            suppressed = [c.suppress_ids if len(c.token_ids) < m else () for c, m in zip(batch, minimum)]
+        rows, forks = self._sample_rows(sched.scheduled, batch)
+        next_after = self._prompt_logprob_targets(sched.scheduled, batch)
         self.runner.copy_blocks(sched.blocks_to_copy)
-        shape, inputs, sampling = self.runner.prepare_inputs(
-            sched.scheduled, [c.row for c in batch], histories, suppressed, [len(c.token_ids) for c in batch])
+        shape, inputs, sampling = self.runner.prepare_inputs(sched.scheduled, rows, next_after)
         t1 = time.perf_counter()
-        result = self.runner.execute(shape, inputs, sampling, len(batch))
+        result = self.runner.execute(shape, inputs, sampling, len(rows.params), sched.num_batched_tokens)
         t2 = time.perf_counter()
         sampled = {s.request_id: [int(tok)] for s, tok in zip(sched.scheduled, result.token_ids) if s.sample}
         update = self.scheduler.update(sched, sampled)
-        outputs = self._process(sched, batch, result, update)
+        if next_after is not None:
+            self._record_prompt_logprobs(sched.scheduled, batch, result)
+        outputs = self._process(sched, batch, result, update, forks)
         self.num_steps += 1
         self.host_seconds += (t1 - t0) + (time.perf_counter() - t2)
         return outputs
 
-    def _process(self, sched, batch, result, update) -> list[RequestOutput]:
+    def _sample_rows(self, scheduled, batch) -> tuple[SampleRows, list]:
+        """One sampler row per scheduled sequence, plus one per child of a request forking now."""
+        n = len(batch)
+        rows = SampleRows(seq_index=list(range(n)), params=[c.row for c in batch],
+                          sample_index=[len(c.token_ids) for c in batch])
+        forks = []  # (sampler row, parent completion, child completion)
+        for i, (s, comp) in enumerate(zip(scheduled, batch)):
+            if s.sample and comp.pending_children:
+                for child in comp.pending_children:
+                    forks.append((len(rows.params), comp, child))
+                    rows.seq_index.append(i)
+                    rows.params.append(child.row)
+                    rows.sample_index.append(0)
+        members = batch + [child for _, _, child in forks]
+        if any(c.suppress_ids for c in members):
+            rows.suppress = [c.suppress_ids if len(c.token_ids) < c.group.params.min_tokens else () for c in members]
+        if any(c.row.uses_penalties for c in members):
+            rows.histories = [(c.group.prompt_token_ids, c.token_ids) if c.row.uses_penalties else None
+                              for c in members]
+        return rows, forks
+
+    def _prompt_logprob_targets(self, scheduled, batch) -> list[int] | None:
+        """For steps computing prompt logprobs: each sequence's token after its chunk (0 if none)."""
+        if not any(c.group.prompt_logprobs is not None for c in batch):
+            return None
+        out = []
+        for s in scheduled:
+            tokens = self.scheduler.get_request(s.request_id).all_token_ids
+            end = s.start_position + len(s.token_ids)
+            out.append(tokens[end] if end < len(tokens) else 0)
+        return out
+
+    def _record_prompt_logprobs(self, scheduled, batch, result) -> None:
+        top_ids, top_lp, target_lp, ranks = result.prompt
+        offset = 0
+        for s, comp in zip(scheduled, batch):
+            group, n = comp.group, len(s.token_ids)
+            plp = group.prompt_logprobs
+            if plp is not None and comp.index == 0:
+                k = group.params.prompt_logprobs
+                num_prompt = len(group.prompt_token_ids)
+                for j in range(n):
+                    p = s.start_position + j  # this position's logits predict prompt token p + 1
+                    if p + 1 < num_prompt and p + 1 == len(plp):  # each position once (recompute-safe)
+                        token = group.prompt_token_ids[p + 1]
+                        plp.append(self._logprob_entry(top_ids[offset + j], top_lp[offset + j], token,
+                                                       float(target_lp[offset + j]), int(ranks[offset + j]), k))
+            offset += n
+
+    def _process(self, sched, batch, result, update, forks) -> list[RequestOutput]:
         now = None
         touched: dict[str, _Group] = {}
         new_tokens = update.new_token_ids
@@ -334,15 +390,7 @@ class LLMEngine:
                 group.first_token_time = now
                 req = self.scheduler.get_request(comp.seq_id)
                 group.num_cached_tokens = req.num_cached_tokens if req is not None else group.num_cached_tokens
-            comp.token_ids.extend(tokens)
-            comp.cumulative_logprob += float(result.logprobs[i])
-            if comp.logprobs is not None:
-                comp.logprobs.append(self._logprob_entry(result, i, tokens[0], group.params.logprobs))
-            if comp.detok is not None:
-                comp.detok.push(tokens)
-                if comp.detok.stop_string is not None and comp.finish_reason is None:
-                    comp.finish_reason, comp.stop_reason = "stop", comp.detok.stop_string
-                    self.scheduler.abort_request(comp.seq_id)
+            self._append(comp, tokens, result, i)
             if group.stream or comp.finish_reason is not None:
                 touched[group.request_id] = group
         for req in update.finished:
@@ -351,6 +399,9 @@ class LLMEngine:
                 continue
             comp.finish_reason, comp.stop_reason = req.finish_reason, req.stop_reason
             touched[comp.group.request_id] = comp.group
+        for row, parent, child in forks:
+            self._fork(row, parent, child, result)
+            touched[child.group.request_id] = child.group
         outputs = []
         for group in touched.values():
             finished = group.finished
@@ -362,13 +413,48 @@ class LLMEngine:
                 outputs.append(self._request_output(group, finished))
         return outputs
 
-    def _logprob_entry(self, result, i: int, token: int, k: int) -> dict[int, Logprob]:
+    def _append(self, comp: _Completion, tokens: list[int], result, row: int) -> None:
+        """Records a completion's new token(s): logprobs, text, stop strings."""
+        comp.token_ids.extend(tokens)
+        comp.cumulative_logprob += float(result.logprobs[row])
+        if comp.logprobs is not None:
+            comp.logprobs.append(self._logprob_entry(
+                result.top_ids[row], result.top_logprobs[row], tokens[0], float(result.logprobs[row]),
+                int(result.ranks[row]), comp.group.params.logprobs))
+        if comp.detok is not None:
+            comp.detok.push(tokens)
+            if comp.detok.stop_string is not None and comp.finish_reason is None:
+                comp.finish_reason, comp.stop_reason = "stop", comp.detok.stop_string
+                self.scheduler.abort_request(comp.seq_id)
+
+    def _fork(self, row: int, parent: _Completion, child: _Completion, result) -> None:
+        """Starts `child` from the parent's prompt with its own first token, sharing the parent's
+        KV blocks when the parent still holds them (else it recomputes, hitting the prefix cache)."""
+        parent.pending_children = []
+        group = child.group
+        token = int(result.token_ids[row])
+        request = Request(child.seq_id, group.prompt_token_ids, group.stop, output_token_ids=[token])
+        if self.scheduler.get_request(parent.seq_id) is not None:
+            finished = self.scheduler.fork_request(parent.seq_id, request)
+        else:  # the parent finished on its first token
+            finished = check_stop(request, self.max_model_len)
+            if not finished:
+                request.skip_prefix_cache = False
+                self.scheduler.add_request(request)
+        self._append(child, [token], result, row)
+        if finished and child.finish_reason is None:
+            child.finish_reason, child.stop_reason = request.finish_reason, request.stop_reason
+        elif child.finish_reason is not None and not finished:
+            self.scheduler.abort_request(child.seq_id)  # a stop string on its first token
+
+    def _logprob_entry(self, top_ids, top_lp, token: int, token_lp: float, rank: int, k: int) -> dict:
+        """{token id: Logprob} with the top `k` tokens and the given token (always included)."""
         decode = (lambda t: self.tokenizer.decode([t])) if self.tokenizer is not None else (lambda t: None)
         entry = {}
-        for rank, (tid, lp) in enumerate(zip(result.top_ids[i][:k], result.top_logprobs[i][:k]), start=1):
-            entry[int(tid)] = Logprob(float(lp), rank, decode(int(tid)))
+        for r, (tid, lp) in enumerate(zip(top_ids[:k], top_lp[:k]), start=1):
+            entry[int(tid)] = Logprob(float(lp), r, decode(int(tid)))
         if token not in entry:
-            entry[token] = Logprob(float(result.logprobs[i]), int(result.ranks[i]), decode(token))
+            entry[token] = Logprob(token_lp, rank, decode(token))
         return entry
 
     def _completion_text(self, comp: _Completion) -> str:
@@ -388,7 +474,7 @@ class LLMEngine:
                                  logprobs=c.logprobs, finish_reason=c.finish_reason, stop_reason=c.stop_reason)
                 for i, c in enumerate(comps)]
         return RequestOutput(group.request_id, group.prompt, group.prompt_token_ids, outs, finished,
-                             num_cached_tokens=group.num_cached_tokens)
+                             prompt_logprobs=group.prompt_logprobs, num_cached_tokens=group.num_cached_tokens)
 
     def next_request_id(self) -> str:
         return str(next(self._counter))

@@ -7,8 +7,9 @@ from typing import Any, Sequence
 
 from pagedjax.config import EngineConfig
 from pagedjax.engine import LLMEngine
-from pagedjax.outputs import RequestOutput
-from pagedjax.sampling_params import SamplingParams, as_list
+from pagedjax.beam_search import BeamSearchStats, beam_search
+from pagedjax.outputs import BeamSearchOutput, RequestOutput
+from pagedjax.sampling_params import BeamSearchParams, SamplingParams, as_list
 
 
 def parse_prompt(prompt: Any) -> tuple[str | None, list[int] | None]:
@@ -93,6 +94,39 @@ class LLM:
             for rid in ids:
                 engine.abort_request(rid)
             raise
+
+    def chat(self, messages, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             use_tqdm: bool = True, *, chat_template: str | None = None, add_generation_prompt: bool = True,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """Generates replies to a conversation (a list of `{"role", "content"}` messages) or a list
+        of conversations, through the tokenizer's chat template."""
+        tokenizer = self.engine.tokenizer
+        if tokenizer is None:
+            raise ValueError("chat needs a tokenizer with a chat template; this model has none")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = []
+        for conv in conversations:
+            if not isinstance(conv, (list, tuple)) or not all(isinstance(m, dict) and "role" in m for m in conv):
+                raise ValueError("a conversation must be a list of {'role': ..., 'content': ...} messages")
+            ids = tokenizer.apply_chat_template(list(conv), chat_template=chat_template, tokenize=True,
+                                                add_generation_prompt=add_generation_prompt,
+                                                **(chat_template_kwargs or {}))
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            prompts.append({"prompt_token_ids": list(ids)})
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def beam_search(self, prompts, params: BeamSearchParams, *, stats: BeamSearchStats | None = None
+                    ) -> list[BeamSearchOutput]:
+        """Beam search (vLLM's `LLM.beam_search`): one output per prompt, `.sequences` best first.
+        Pass a `BeamSearchStats` to get the peak KV blocks held against beams without sharing."""
+        if not isinstance(params, BeamSearchParams):
+            raise ValueError(f"expected BeamSearchParams, got {type(params).__name__}")
+        single = isinstance(prompts, (str, dict))
+        parsed = [parse_prompt(p) for p in ([prompts] if single else list(prompts))]
+        engine = self.engine
+        token_ids = [engine.validate_prompt(ids if ids is not None else engine.tokenize(text)) for text, ids in parsed]
+        return beam_search(engine, token_ids, [text for text, _ in parsed], params, stats)
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         wanted = set(request_ids)

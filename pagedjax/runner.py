@@ -53,6 +53,7 @@ class StepShape:
     penalty_len: int  # P: token-history columns for penalties (0 = no row uses penalties)
     suppress_len: int  # E: suppressed-token columns (min_tokens), 0 = none
     num_logprobs: int  # top logprobs returned per row (0 or MAX_LOGPROBS)
+    prompt_logprobs: bool = False  # also logprobs of every packed token's next token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +84,41 @@ class StepResult:
     ranks: np.ndarray  # i32[num_seqs]
     top_ids: np.ndarray | None  # i32[num_seqs, MAX_LOGPROBS] when any row asked for logprobs
     top_logprobs: np.ndarray | None  # f32[num_seqs, MAX_LOGPROBS]
+    # per packed token (prompt logprobs): top ids i32[T, K], top logprobs f32[T, K], the next
+    # token's logprob f32[T] and rank i32[T]; None unless the step computed them
+    prompt: tuple | None = None
 
 
-def _step(graphdef, backend: str, decode_only: bool, num_logprobs: int,
+@dataclasses.dataclass
+class SampleRows:
+    """The sampler's rows of one step, as parallel lists (built by the engine)."""
+
+    seq_index: list[int]  # the scheduled sequence whose last token's logits the row samples
+    params: list[SamplingRow]
+    sample_index: list[int]  # tokens the row's completion has generated so far (seeded streams)
+    suppress: list[tuple[int, ...]] | None = None  # token ids forbidden this step (min_tokens)
+    histories: list | None = None  # per row (prompt ids, output ids) or None; only with penalties
+
+
+def _token_logprobs(model, hidden, next_ids, k: int):
+    """Logprobs of each packed token's next token, in chunks so [chunk, vocab] is all that lives:
+    (top ids i32[T, k], top logprobs f32[T, k], next-token logprob f32[T], its rank i32[T])."""
+    num_tokens = hidden.shape[0]
+    chunk = min(num_tokens, 64)
+
+    def one(args):
+        h, nxt = args  # [C, H], i32[C]
+        lp = jax.nn.log_softmax(model.compute_logits(h), axis=-1)  # f32[C, V]
+        top_lp, top_ids = jax.lax.top_k(lp, k)
+        target = jnp.take_along_axis(lp, nxt[:, None], axis=-1)[:, 0]
+        rank = jnp.sum(lp > target[:, None], axis=-1).astype(jnp.int32) + 1
+        return top_ids.astype(jnp.int32), top_lp, target, rank
+
+    outs = jax.lax.map(one, (hidden.reshape(num_tokens // chunk, chunk, -1), next_ids.reshape(-1, chunk)))
+    return tuple(o.reshape(num_tokens, *o.shape[2:]) for o in outs)
+
+
+def _step(graphdef, backend: str, decode_only: bool, num_logprobs: int, prompt_logprobs: bool,
           params, kv_pool, inputs: dict, sampling: SamplingTensors, rng):
     """One engine step on device: forward over the packed tokens, then sample one token per row.
 
@@ -100,6 +133,8 @@ def _step(graphdef, backend: str, decode_only: bool, num_logprobs: int,
     hidden, cache = model(inputs["token_ids"], inputs["positions"], PagedKVCache(kv_pool, metadata))
     logits = model.compute_logits(hidden[inputs["logits_indices"]])  # f32[S, V]
     outs = sample(logits, sampling, key, num_logprobs=num_logprobs)
+    if prompt_logprobs:
+        outs = (*outs, _token_logprobs(model, hidden, inputs["next_token_ids"], MAX_LOGPROBS))
     return cache.kv_pool, outs
 
 
@@ -134,21 +169,27 @@ class ModelRunner:
 
     # ----------------------------------------------------------------------------- shapes
 
+    def _seq_bucket(self, n: int) -> int:
+        # beyond max_num_seqs only when forks add sampler rows: rare, compiled on demand
+        return pick_bucket(self.seq_buckets, n) if n <= self.seq_buckets[-1] else 1 << (n - 1).bit_length()
+
     def step_shape(self, num_tokens: int, num_seqs: int, max_blocks: int, decode_only: bool,
-                   penalty_len: int = 0, suppress_len: int = 0, logprobs: bool = False) -> StepShape:
+                   penalty_len: int = 0, suppress_len: int = 0, logprobs: bool = False,
+                   prompt_logprobs: bool = False) -> StepShape:
+        """The bucket of a step with `num_tokens` tokens and `num_seqs` rows (sequences or sampler rows)."""
         if decode_only:
-            seqs = pick_bucket(self.seq_buckets, num_seqs)
+            seqs = self._seq_bucket(num_seqs)
             tokens = seqs
         else:
             # S depends on T alone (S >= num_seqs since every sequence has a token): fewer buckets.
             tokens = pick_bucket(self.token_buckets, num_tokens)
-            seqs = pick_bucket(self.seq_buckets, min(tokens, self.max_num_seqs))
+            seqs = self._seq_bucket(max(min(tokens, self.max_num_seqs), num_seqs))
         return StepShape(
             num_tokens=tokens, num_seqs=seqs, table_width=pick_bucket(self.width_buckets, max(max_blocks, 1)),
             decode_only=decode_only,
             penalty_len=pick_bucket(pow2_buckets(16, 1 << 30), penalty_len) if penalty_len else 0,
             suppress_len=pick_bucket(pow2_buckets(4, 1 << 20), suppress_len) if suppress_len else 0,
-            num_logprobs=MAX_LOGPROBS if logprobs else 0)
+            num_logprobs=MAX_LOGPROBS if logprobs else 0, prompt_logprobs=prompt_logprobs)
 
     def all_step_shapes(self) -> list[StepShape]:
         """Every plain-sampling bucket (no penalties, suppression or logprobs): what warm-up compiles."""
@@ -166,6 +207,8 @@ class ModelRunner:
         f32 = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.float32)  # noqa: E731
         inputs = dict(token_ids=i32(t), positions=i32(t), slot_mapping=i32(t), block_tables=i32(s, w),
                       kv_lens=i32(s), query_start_loc=i32(s + 1), logits_indices=i32(s))
+        if shape.prompt_logprobs:
+            inputs["next_token_ids"] = i32(t)
         sampling = SamplingTensors(
             temperature=f32(s), top_k=i32(s), top_p=f32(s), min_p=f32(s), presence_penalty=f32(s),
             frequency_penalty=f32(s), repetition_penalty=f32(s), seed=jax.ShapeDtypeStruct((s,), jnp.uint32),
@@ -182,7 +225,7 @@ class ModelRunner:
         if fn is None:
             start = time.perf_counter()
             jitted = jax.jit(functools.partial(_step, self.graphdef, self.backend, shape.decode_only,
-                                               shape.num_logprobs), donate_argnums=(1,))
+                                               shape.num_logprobs, shape.prompt_logprobs), donate_argnums=(1,))
             fn = jitted.lower(*self._abstract_args(shape)).compile()
             self._compiled[shape] = fn
             self.num_compiles += 1
@@ -225,29 +268,29 @@ class ModelRunner:
             self.num_compiles += 1
         self.kv_pool = fn(self.kv_pool, src, dst)
 
-    def prepare_inputs(self, scheduled: Sequence, rows: Sequence[SamplingRow],
-                       histories: Callable[[int], tuple[Sequence[int], Sequence[int]]] | None = None,
-                       suppressed: Sequence[Sequence[int]] | None = None,
-                       sample_indices: Sequence[int] | None = None):
+    def prepare_inputs(self, scheduled: Sequence, rows: "SampleRows",
+                       next_after_chunk: Sequence[int] | None = None):
         """Host arrays for one step (padded to its bucket) and its `StepShape`.
 
-        `scheduled`: the ScheduledRequests in batch order; `rows[i]`: sampling parameters of
-        scheduled[i]; `histories(i)` -> (prompt ids, output ids) for rows using penalties;
-        `suppressed[i]`: token ids to forbid this step (min_tokens); `sample_indices[i]`: tokens
-        already generated by that completion (for seeded sampling).
+        `scheduled`: the ScheduledRequests in batch order; `rows`: the sampler's rows (normally
+        one per scheduled sequence, plus extra rows where a request forks into several samples).
+        `next_after_chunk[i]`: the token following scheduled[i]'s tokens (0 if none yet); given,
+        the step also returns every token's next-token logprobs (prompt logprobs).
         """
+        prompt_logprobs = next_after_chunk is not None
         bs = self.block_size
         num_seqs = len(scheduled)
+        num_rows = len(rows.params)
         lens = [len(r.token_ids) for r in scheduled]
         num_tokens = sum(lens)
-        decode_only = num_tokens == num_seqs
+        decode_only = num_tokens == num_seqs and not prompt_logprobs
         max_blocks = max(len(r.block_ids) for r in scheduled)
         penalty_len = 0
-        if any(row.uses_penalties for row in rows):
-            penalty_len = max(max(len(h[0]), len(h[1])) for h in map(histories, range(num_seqs))) or 1
-        suppress_len = max((len(s) for s in suppressed), default=0) if suppressed else 0
-        shape = self.step_shape(num_tokens, num_seqs, max_blocks, decode_only, penalty_len, suppress_len,
-                                any(row.wants_logprobs for row in rows))
+        if rows.histories is not None:
+            penalty_len = max((max(len(h[0]), len(h[1])) for h in rows.histories if h is not None), default=0) or 1
+        suppress_len = max((len(x) for x in rows.suppress), default=0) if rows.suppress else 0
+        shape = self.step_shape(num_tokens, max(num_seqs, num_rows), max_blocks, decode_only, penalty_len,
+                                suppress_len, any(p.wants_logprobs for p in rows.params), prompt_logprobs)
         t, s, w = shape.num_tokens, shape.num_seqs, shape.table_width
 
         token_ids = np.zeros(t, np.int32)
@@ -256,7 +299,7 @@ class ModelRunner:
         block_tables = np.zeros((s, w), np.int32)
         kv_lens = np.zeros(s, np.int32)
         qsl = np.full(s + 1, num_tokens, np.int32)
-        logits_indices = np.zeros(s, np.int32)
+        last_index = np.zeros(num_seqs, np.int32)  # each sequence's last token in the packed batch
         if decode_only:
             starts = [r.start_position for r in scheduled]
             token_ids[:num_seqs] = [r.token_ids[0] for r in scheduled]
@@ -264,7 +307,7 @@ class ModelRunner:
             slot_mapping[:num_seqs] = [r.block_ids[p // bs] * bs + p % bs for r, p in zip(scheduled, starts)]
             kv_lens[:num_seqs] = positions[:num_seqs] + 1
             qsl[:num_seqs] = np.arange(num_seqs)
-            logits_indices[:num_seqs] = np.arange(num_seqs)
+            last_index[:] = np.arange(num_seqs)
         else:
             offset = 0
             for i, (r, n) in enumerate(zip(scheduled, lens)):
@@ -276,56 +319,72 @@ class ModelRunner:
                 kv_lens[i] = r.start_position + n
                 qsl[i] = offset
                 offset += n
-                logits_indices[i] = offset - 1
+                last_index[i] = offset - 1
         for i, r in enumerate(scheduled):
             block_tables[i, : len(r.block_ids)] = r.block_ids
+        logits_indices = np.zeros(s, np.int32)
+        logits_indices[:num_rows] = last_index[rows.seq_index] if num_rows != num_seqs else last_index
         inputs = dict(token_ids=token_ids, positions=positions, slot_mapping=slot_mapping,
                       block_tables=block_tables, kv_lens=kv_lens, query_start_loc=qsl,
                       logits_indices=logits_indices)
-        return shape, inputs, self._sampling_tensors(shape, rows, histories, suppressed, sample_indices)
+        if prompt_logprobs:  # the token each position predicts: the next one of its sequence
+            targets = np.zeros(t, np.int32)
+            targets[: num_tokens - 1] = token_ids[1:num_tokens]
+            ends = np.cumsum(lens) - 1
+            targets[ends] = next_after_chunk
+            inputs["next_token_ids"] = targets
+        return shape, inputs, self._sampling_tensors(shape, rows)
 
-    def _sampling_tensors(self, shape: StepShape, rows, histories, suppressed, sample_indices) -> SamplingTensors:
-        s, n = shape.num_seqs, len(rows)
+    def _sampling_tensors(self, shape: StepShape, rows: "SampleRows") -> SamplingTensors:
+        s, n = shape.num_seqs, len(rows.params)
+        params = rows.params
 
         def col(values, dtype, fill):
             out = np.full(s, fill, dtype)
             out[:n] = values
             return out
 
-        seeds = [row.seed for row in rows]
+        seeds = [row.seed for row in params]
         prompt_tokens = np.full((s, shape.penalty_len), -1, np.int32)
         output_tokens = np.full((s, shape.penalty_len), -1, np.int32)
         if shape.penalty_len:
-            for i, row in enumerate(rows):
-                if row.uses_penalties:
-                    prompt, output = histories(i)
+            for i, history in enumerate(rows.histories):
+                if history is not None:
+                    prompt, output = history
                     prompt_tokens[i, : len(prompt)] = prompt
                     output_tokens[i, : len(output)] = output
         suppress = np.full((s, shape.suppress_len), -1, np.int32)
         if shape.suppress_len:
-            for i, ids in enumerate(suppressed):
+            for i, ids in enumerate(rows.suppress):
                 suppress[i, : len(ids)] = ids
         return SamplingTensors(
-            temperature=col([r.temperature for r in rows], np.float32, 0.0),
-            top_k=col([r.top_k for r in rows], np.int32, 0),
-            top_p=col([r.top_p for r in rows], np.float32, 1.0),
-            min_p=col([r.min_p for r in rows], np.float32, 0.0),
-            presence_penalty=col([r.presence_penalty for r in rows], np.float32, 0.0),
-            frequency_penalty=col([r.frequency_penalty for r in rows], np.float32, 0.0),
-            repetition_penalty=col([r.repetition_penalty for r in rows], np.float32, 1.0),
+            temperature=col([r.temperature for r in params], np.float32, 0.0),
+            top_k=col([r.top_k for r in params], np.int32, 0),
+            top_p=col([r.top_p for r in params], np.float32, 1.0),
+            min_p=col([r.min_p for r in params], np.float32, 0.0),
+            presence_penalty=col([r.presence_penalty for r in params], np.float32, 0.0),
+            frequency_penalty=col([r.frequency_penalty for r in params], np.float32, 0.0),
+            repetition_penalty=col([r.repetition_penalty for r in params], np.float32, 1.0),
             seed=col([(x or 0) & 0xFFFFFFFF for x in seeds], np.uint32, 0),
             has_seed=col([x is not None for x in seeds], np.bool_, False),
-            sample_index=col(sample_indices if sample_indices is not None else [0] * n, np.int32, 0),
+            sample_index=col(rows.sample_index, np.int32, 0),
             suppress_tokens=suppress, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
 
-    def execute(self, shape: StepShape, inputs: dict, sampling: SamplingTensors, num_seqs: int) -> StepResult:
-        """Runs the compiled step for prepared inputs; returns the first `num_seqs` rows' results."""
+    def execute(self, shape: StepShape, inputs: dict, sampling: SamplingTensors, num_rows: int,
+                num_tokens: int = 0) -> StepResult:
+        """Runs the compiled step for prepared inputs; returns the first `num_rows` sampler rows'
+        results (and `num_tokens` tokens' prompt logprobs when the shape computes them)."""
         fn = self.compiled_step(shape)
         rng = np.array([self._seed, self._step_count & 0xFFFFFFFF], np.uint32)
         self._step_count += 1
         self.kv_pool, outs = fn(self.params, self.kv_pool, inputs, sampling, rng)
-        token_ids, logprobs, ranks, top_ids, top_lp = jax.device_get(outs)
+        outs = jax.device_get(outs)
+        token_ids, logprobs, ranks, top_ids, top_lp = outs[:5]
         top = shape.num_logprobs > 0
-        return StepResult(token_ids=token_ids[:num_seqs], logprobs=logprobs[:num_seqs], ranks=ranks[:num_seqs],
-                          top_ids=top_ids[:num_seqs] if top else None,
-                          top_logprobs=top_lp[:num_seqs] if top else None)
+        result = StepResult(token_ids=token_ids[:num_rows], logprobs=logprobs[:num_rows], ranks=ranks[:num_rows],
+                            top_ids=top_ids[:num_rows] if top else None,
+                            top_logprobs=top_lp[:num_rows] if top else None)
+        if shape.prompt_logprobs:
+            p_ids, p_lp, p_target, p_rank = outs[5]
+            result.prompt = (p_ids[:num_tokens], p_lp[:num_tokens], p_target[:num_tokens], p_rank[:num_tokens])
+        return result

@@ -99,6 +99,7 @@ class Request:
         "arrival_index",
         "num_preemptions",
         "block_hashes",
+        "skip_prefix_cache",
     )
 
     def __init__(
@@ -136,6 +137,8 @@ class Request:
         # NOTE: owned by BlockManager, which extends it lazily (tokens only append,
         # so a full block's hash never changes).
         self.block_hashes: list[bytes] = []
+        # Compute every token even if the prefix cache holds it (e.g. for prompt logprobs).
+        self.skip_prefix_cache = False
 
     @property
     def num_tokens(self) -> int:

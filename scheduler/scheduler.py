@@ -106,13 +106,9 @@ class Scheduler:
     def add_request(self, request: Request) -> None:
         """Queue a new request (FCFS). Raises ValueError for a duplicate id, a prompt
         longer than max_model_len (never truncated), or a request that could never fit
-        in the whole KV pool."""
+        in the whole KV pool. A request may come with output tokens (a sample whose
+        parent is gone): they are computed with the prompt, as after a preemption."""
         self._validate_new(request)
-        if request.output_token_ids:
-            raise ValueError(
-                f"request {request.request_id!r} already has output tokens: put them in the prompt, "
-                f"or use fork_request to continue another request"
-            )
         request.arrival_index = self._next_arrival
         self._next_arrival += 1
         self._requests[request.request_id] = request
@@ -236,7 +232,10 @@ class Scheduler:
             waiting = self._waiting
             while waiting and budget > 0 and len(running) < max_num_seqs and len(scheduled) < max_num_seqs:
                 request = waiting[0]
-                computed_blocks, num_cached = block_manager.get_computed_blocks(request)
+                if request.skip_prefix_cache:
+                    computed_blocks, num_cached = [], 0
+                else:
+                    computed_blocks, num_cached = block_manager.get_computed_blocks(request)
                 all_tokens = request.all_token_ids
                 num_new = min(len(all_tokens) - num_cached, budget)
                 block_ids = allocate(request, num_new, computed_blocks)
