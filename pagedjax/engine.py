@@ -67,6 +67,7 @@ class _Group:
     num_cached_tokens: int = 0
     arrival_time: float = 0.0
     first_token_time: float | None = None
+    special: bool = False  # uses min_tokens or penalties
     prompt_logprobs: list | None = None  # [None, {token: Logprob}, ...] when asked for
 
     @property
@@ -150,6 +151,7 @@ class LLMEngine:
         self._groups: dict[str, _Group] = {}
         self._completions: dict[str, _Completion] = {}
         self._counter = itertools.count()
+        self._num_special_rows = 0  # live groups using min_tokens or penalties (slower row set-up)
         # Callables run with each step's SchedulerOutput right after scheduling (metrics, benchmarks).
         self.step_observers: list = []
         self.num_steps = 0
@@ -273,6 +275,9 @@ class LLMEngine:
         self._groups[request_id] = group
         for comp in group.completions:
             self._completions[comp.seq_id] = comp
+        if suppress or group.completions[0].row.uses_penalties:
+            group.special = True
+            self._num_special_rows += 1
 
     def _detokenizer(self, prompt_ids, params: SamplingParams) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self.tokenizer, prompt_ids, skip_special_tokens=params.skip_special_tokens,
@@ -280,15 +285,24 @@ class LLMEngine:
 
     def abort_request(self, request_id: str) -> bool:
         """Stops a request (all its completions) and frees its KV blocks. False if unknown."""
-        group = self._groups.pop(request_id, None)
+        group = self._groups.get(request_id)
         if group is None:
             return False
         for comp in group.completions:
             self.scheduler.abort_request(comp.seq_id)
-            self._completions.pop(comp.seq_id, None)
             if comp.finish_reason is None:
                 comp.finish_reason = "abort"
+        self._forget(group)
         return True
+
+    def _forget(self, group: _Group) -> None:
+        """Drops a finished or aborted request's engine-side state."""
+        if self._groups.pop(group.request_id, None) is None:
+            return
+        for comp in group.completions:
+            self._completions.pop(comp.seq_id, None)
+        if group.special:
+            self._num_special_rows -= 1
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._groups)
@@ -340,12 +354,14 @@ class LLMEngine:
                     rows.seq_index.append(i)
                     rows.params.append(child.row)
                     rows.sample_index.append(0)
-        members = batch + [child for _, _, child in forks]
-        if any(c.suppress_ids for c in members):
-            rows.suppress = [c.suppress_ids if len(c.token_ids) < c.group.params.min_tokens else () for c in members]
-        if any(c.row.uses_penalties for c in members):
-            rows.histories = [(c.group.prompt_token_ids, c.token_ids) if c.row.uses_penalties else None
-                              for c in members]
+        members = batch + [child for _, _, child in forks] if forks else batch
+        if self._num_special_rows:  # some live request uses min_tokens or penalties
+            if any(c.suppress_ids for c in members):
+                rows.suppress = [c.suppress_ids if len(c.token_ids) < c.group.params.min_tokens else ()
+                                 for c in members]
+            if any(c.row.uses_penalties for c in members):
+                rows.histories = [(c.group.prompt_token_ids, c.token_ids) if c.row.uses_penalties else None
+                                  for c in members]
         return rows, forks
 
     def _prompt_logprob_targets(self, scheduled, batch) -> list[int] | None:
@@ -406,9 +422,7 @@ class LLMEngine:
         for group in touched.values():
             finished = group.finished
             if finished:
-                self._groups.pop(group.request_id, None)
-                for comp in group.completions:
-                    self._completions.pop(comp.seq_id, None)
+                self._forget(group)
             if group.stream or finished:
                 outputs.append(self._request_output(group, finished))
         return outputs

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import operator
 import time
 from typing import Callable, Sequence
 
@@ -164,6 +165,8 @@ class ModelRunner:
         self._seed = seed & 0xFFFFFFFF
         self._step_count = 0
         self._compiled: dict = {}
+        self._table_cache = None  # (request ids, block tables, table lengths, last blocks) of the last step
+        self._sampling_cache = None  # ((S, row identities), parameter columns, rows) of the last step
         self.num_compiles = 0
         self.compile_seconds = 0.0
 
@@ -269,59 +272,62 @@ class ModelRunner:
         self.kv_pool = fn(self.kv_pool, src, dst)
 
     def prepare_inputs(self, scheduled: Sequence, rows: "SampleRows",
-                       next_after_chunk: Sequence[int] | None = None):
+                       next_after_chunk: Sequence[int] | None = None, any_logprobs: bool | None = None):
         """Host arrays for one step (padded to its bucket) and its `StepShape`.
 
         `scheduled`: the ScheduledRequests in batch order; `rows`: the sampler's rows (normally
         one per scheduled sequence, plus extra rows where a request forks into several samples).
         `next_after_chunk[i]`: the token following scheduled[i]'s tokens (0 if none yet); given,
         the step also returns every token's next-token logprobs (prompt logprobs).
+        `any_logprobs`: whether some row wants logprobs (computed from `rows` when None).
+
+        NOTE: this runs every step on the host; per-sequence Python loops are kept to a few
+        (C-level `zip`/`map` transpositions, caches of what did not change since the last step).
         """
         prompt_logprobs = next_after_chunk is not None
         bs = self.block_size
-        num_seqs = len(scheduled)
+        ids, token_lists, starts, tables, _ = zip(*scheduled)
+        num_seqs = len(ids)
         num_rows = len(rows.params)
-        lens = [len(r.token_ids) for r in scheduled]
+        lens = list(map(len, token_lists))
         num_tokens = sum(lens)
         decode_only = num_tokens == num_seqs and not prompt_logprobs
-        max_blocks = max(len(r.block_ids) for r in scheduled)
+        table_lens = list(map(len, tables))
         penalty_len = 0
         if rows.histories is not None:
             penalty_len = max((max(len(h[0]), len(h[1])) for h in rows.histories if h is not None), default=0) or 1
         suppress_len = max((len(x) for x in rows.suppress), default=0) if rows.suppress else 0
-        shape = self.step_shape(num_tokens, max(num_seqs, num_rows), max_blocks, decode_only, penalty_len,
-                                suppress_len, any(p.wants_logprobs for p in rows.params), prompt_logprobs)
+        if any_logprobs is None:
+            any_logprobs = any(p.wants_logprobs for p in rows.params)
+        shape = self.step_shape(num_tokens, max(num_seqs, num_rows), max(table_lens), decode_only, penalty_len,
+                                suppress_len, any_logprobs, prompt_logprobs)
         t, s, w = shape.num_tokens, shape.num_seqs, shape.table_width
 
+        block_tables = np.zeros((s, w), np.int32)
+        self._fill_block_tables(block_tables, ids, tables, table_lens)
         token_ids = np.zeros(t, np.int32)
         positions = np.zeros(t, np.int32)
         slot_mapping = np.full(t, -1, np.int32)
-        block_tables = np.zeros((s, w), np.int32)
         kv_lens = np.zeros(s, np.int32)
         qsl = np.full(s + 1, num_tokens, np.int32)
-        last_index = np.zeros(num_seqs, np.int32)  # each sequence's last token in the packed batch
         if decode_only:
-            starts = [r.start_position for r in scheduled]
-            token_ids[:num_seqs] = [r.token_ids[0] for r in scheduled]
-            positions[:num_seqs] = starts
-            slot_mapping[:num_seqs] = [r.block_ids[p // bs] * bs + p % bs for r, p in zip(scheduled, starts)]
-            kv_lens[:num_seqs] = positions[:num_seqs] + 1
+            pos = np.fromiter(starts, np.int32, num_seqs)
+            token_ids[:num_seqs] = [toks[0] for toks in token_lists]
+            positions[:num_seqs] = pos
+            slot_mapping[:num_seqs] = block_tables[np.arange(num_seqs), pos // bs] * bs + pos % bs
+            kv_lens[:num_seqs] = pos + 1
             qsl[:num_seqs] = np.arange(num_seqs)
-            last_index[:] = np.arange(num_seqs)
+            last_index = np.arange(num_seqs, dtype=np.int32)  # each sequence's last packed token
         else:
-            offset = 0
-            for i, (r, n) in enumerate(zip(scheduled, lens)):
-                token_ids[offset:offset + n] = r.token_ids
-                pos = np.arange(r.start_position, r.start_position + n, dtype=np.int32)
-                positions[offset:offset + n] = pos
-                table = np.asarray(r.block_ids, np.int32)
-                slot_mapping[offset:offset + n] = table[pos // bs] * bs + pos % bs
-                kv_lens[i] = r.start_position + n
-                qsl[i] = offset
-                offset += n
-                last_index[i] = offset - 1
-        for i, r in enumerate(scheduled):
-            block_tables[i, : len(r.block_ids)] = r.block_ids
+            token_ids[:num_tokens] = np.fromiter(itertools.chain.from_iterable(token_lists), np.int32, num_tokens)
+            seq_of_token = np.repeat(np.arange(num_seqs), lens)
+            begin = np.cumsum(lens) - lens  # [num_seqs] packed offset of each sequence
+            pos = np.fromiter(starts, np.int32, num_seqs)[seq_of_token] + np.arange(num_tokens) - begin[seq_of_token]
+            positions[:num_tokens] = pos
+            slot_mapping[:num_tokens] = block_tables[seq_of_token, pos // bs] * bs + pos % bs
+            kv_lens[:num_seqs] = pos[begin + np.asarray(lens) - 1] + 1
+            qsl[:num_seqs] = begin
+            last_index = (begin + np.asarray(lens) - 1).astype(np.int32)
         logits_indices = np.zeros(s, np.int32)
         logits_indices[:num_rows] = last_index[rows.seq_index] if num_rows != num_seqs else last_index
         inputs = dict(token_ids=token_ids, positions=positions, slot_mapping=slot_mapping,
@@ -330,21 +336,62 @@ class ModelRunner:
         if prompt_logprobs:  # the token each position predicts: the next one of its sequence
             targets = np.zeros(t, np.int32)
             targets[: num_tokens - 1] = token_ids[1:num_tokens]
-            ends = np.cumsum(lens) - 1
-            targets[ends] = next_after_chunk
+            targets[last_index] = next_after_chunk
             inputs["next_token_ids"] = targets
         return shape, inputs, self._sampling_tensors(shape, rows)
+
+    def _fill_block_tables(self, out: np.ndarray, ids: tuple, tables: tuple, table_lens: list) -> None:
+        """Writes each sequence's block table into `out` [S, W], reusing the previous step's rows.
+
+        Consecutive decode steps mostly schedule the same requests with the same tables. A table
+        only changes by growing (a new block) or by copy-on-write of the block being written,
+        which is always its last one; so when the request order is unchanged, a row whose
+        length and last block are unchanged is copied from the previous step's array.
+        NOTE: preempted or finished requests change the order, so the cache is not used then.
+        """
+        lasts = list(map(operator.itemgetter(-1), tables))
+        prev = self._table_cache
+        if prev is not None and prev[0] == ids and prev[1].shape == out.shape:
+            _, prev_out, prev_lens, prev_lasts = prev
+            out[:] = prev_out
+            if prev_lens != table_lens or prev_lasts != lasts:
+                for i, (a, b, c, d) in enumerate(zip(table_lens, prev_lens, lasts, prev_lasts)):
+                    if a != b or c != d:
+                        out[i, :a] = tables[i]
+        else:
+            for i, table in enumerate(tables):
+                out[i, : len(table)] = table
+        self._table_cache = (ids, out.copy(), table_lens, lasts)
 
     def _sampling_tensors(self, shape: StepShape, rows: "SampleRows") -> SamplingTensors:
         s, n = shape.num_seqs, len(rows.params)
         params = rows.params
+        key = (s, tuple(map(id, params)))
+        cached = self._sampling_cache
+        if cached is not None and cached[0] == key:
+            columns = cached[1]
+        else:
+            def col(values, dtype, fill):
+                out = np.full(s, fill, dtype)
+                out[:n] = values
+                return out
 
-        def col(values, dtype, fill):
-            out = np.full(s, fill, dtype)
-            out[:n] = values
-            return out
-
-        seeds = [row.seed for row in params]
+            seeds = [row.seed for row in params]
+            columns = dict(
+                temperature=col([r.temperature for r in params], np.float32, 0.0),
+                top_k=col([r.top_k for r in params], np.int32, 0),
+                top_p=col([r.top_p for r in params], np.float32, 1.0),
+                min_p=col([r.min_p for r in params], np.float32, 0.0),
+                presence_penalty=col([r.presence_penalty for r in params], np.float32, 0.0),
+                frequency_penalty=col([r.frequency_penalty for r in params], np.float32, 0.0),
+                repetition_penalty=col([r.repetition_penalty for r in params], np.float32, 1.0),
+                seed=col([(x or 0) & 0xFFFFFFFF for x in seeds], np.uint32, 0),
+                has_seed=col([x is not None for x in seeds], np.bool_, False))
+            # NOTE: keyed by the SamplingRow objects' identities, which the engine keeps alive
+            # (and constant) for the life of their completions.
+            self._sampling_cache = (key, columns, params)
+        sample_index = np.zeros(s, np.int32)
+        sample_index[:n] = rows.sample_index
         prompt_tokens = np.full((s, shape.penalty_len), -1, np.int32)
         output_tokens = np.full((s, shape.penalty_len), -1, np.int32)
         if shape.penalty_len:
@@ -357,18 +404,8 @@ class ModelRunner:
         if shape.suppress_len:
             for i, ids in enumerate(rows.suppress):
                 suppress[i, : len(ids)] = ids
-        return SamplingTensors(
-            temperature=col([r.temperature for r in params], np.float32, 0.0),
-            top_k=col([r.top_k for r in params], np.int32, 0),
-            top_p=col([r.top_p for r in params], np.float32, 1.0),
-            min_p=col([r.min_p for r in params], np.float32, 0.0),
-            presence_penalty=col([r.presence_penalty for r in params], np.float32, 0.0),
-            frequency_penalty=col([r.frequency_penalty for r in params], np.float32, 0.0),
-            repetition_penalty=col([r.repetition_penalty for r in params], np.float32, 1.0),
-            seed=col([(x or 0) & 0xFFFFFFFF for x in seeds], np.uint32, 0),
-            has_seed=col([x is not None for x in seeds], np.bool_, False),
-            sample_index=col(rows.sample_index, np.int32, 0),
-            suppress_tokens=suppress, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
+        return SamplingTensors(**columns, sample_index=sample_index, suppress_tokens=suppress,
+                               prompt_tokens=prompt_tokens, output_tokens=output_tokens)
 
     def execute(self, shape: StepShape, inputs: dict, sampling: SamplingTensors, num_rows: int,
                 num_tokens: int = 0) -> StepResult:
