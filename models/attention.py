@@ -10,6 +10,11 @@ everything cached so far (causal). Two implementations share the model code:
   gather), `"pallas"` (compiled kernels) and `"pallas_interpret"` (the kernels in interpret mode).
 - `ContiguousKVCache`: a per-sequence contiguous cache `[num_layers, batch, max_len, ...]` for
   static batches `[batch, seq]`: the simple generation path and the `jax-static` baseline.
+
+Tensor parallelism: with `metadata.mesh` set, the KV write and the attention run under
+`shard_map` over the mesh's `tp` axis. q arrives sharded on its head axis, the pool on its
+kv-head axis (models/sharding.py); each device writes and attends over its own heads with the
+unchanged single-device kernels, and no collective runs inside attention.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
 
 import pallas_kernels as pk
+from models.sharding import TP_AXIS, shard_map
 
 BACKENDS = ("reference", "pallas", "pallas_interpret")
 
@@ -35,6 +42,7 @@ class PagedAttentionMetadata:
     query_start_loc: jax.Array  # i32[num_seqs + 1]: sequence s owns tokens [qsl[s], qsl[s+1])
     backend: str = dataclasses.field(default="reference", metadata=dict(static=True))
     decode_only: bool = dataclasses.field(default=False, metadata=dict(static=True))  # one token per seq
+    mesh: Mesh | None = dataclasses.field(default=None, metadata=dict(static=True))  # tensor parallel: `tp` axis
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -53,25 +61,62 @@ class PagedKVCache:
         """q `[T, Hq, D]`, k/v `[T, Hkv, D]` -> (`[T, Hq, D]`, updated cache)."""
         del positions  # encoded in the metadata
         m = self.metadata
-        pool = pk.write_kv_to_pool(self.kv_pool, layer, k, v, m.slot_mapping)
-        if m.backend == "reference":
-            if m.decode_only:
-                out = pk.paged_attention_reference(
-                    q, pool[layer, 0], pool[layer, 1], m.block_tables, m.kv_lens, sm_scale=sm_scale)
-            else:
-                out = pk.ragged_paged_attention_reference(
-                    q, pool[layer, 0], pool[layer, 1], m.block_tables, m.kv_lens, m.query_start_loc,
-                    sm_scale=sm_scale)
+        if m.mesh is None:
+            out, pool = _write_and_attend(self.kv_pool, layer, q, k, v, m, sm_scale)
         else:
-            interpret = m.backend == "pallas_interpret"
-            if m.decode_only:
-                out = pk.paged_attention_from_pool(
-                    q, pool, layer, m.block_tables, m.kv_lens, sm_scale=sm_scale, interpret=interpret)
-            else:
-                out = pk.ragged_paged_attention_from_pool(
-                    q, pool, layer, m.block_tables, m.kv_lens, m.query_start_loc,
-                    sm_scale=sm_scale, interpret=interpret)
+            out, pool = _sharded_write_and_attend(self.kv_pool, layer, q, k, v, m, sm_scale)
         return out, dataclasses.replace(self, kv_pool=pool)
+
+
+def _write_and_attend(kv_pool, layer: int, q, k, v, m: PagedAttentionMetadata, sm_scale: float):
+    """One device: writes k/v `[T, Hkv, D]` into `kv_pool` and attends q `[T, Hq, D]` over it."""
+    pool = pk.write_kv_to_pool(kv_pool, layer, k, v, m.slot_mapping)
+    if m.backend == "reference":
+        if m.decode_only:
+            out = pk.paged_attention_reference(
+                q, pool[layer, 0], pool[layer, 1], m.block_tables, m.kv_lens, sm_scale=sm_scale)
+        else:
+            out = pk.ragged_paged_attention_reference(
+                q, pool[layer, 0], pool[layer, 1], m.block_tables, m.kv_lens, m.query_start_loc,
+                sm_scale=sm_scale)
+    else:
+        interpret = m.backend == "pallas_interpret"
+        if m.decode_only:
+            out = pk.paged_attention_from_pool(
+                q, pool, layer, m.block_tables, m.kv_lens, sm_scale=sm_scale, interpret=interpret)
+        else:
+            out = pk.ragged_paged_attention_from_pool(
+                q, pool, layer, m.block_tables, m.kv_lens, m.query_start_loc,
+                sm_scale=sm_scale, interpret=interpret)
+    return out, pool
+
+
+def _sharded_write_and_attend(kv_pool, layer: int, q, k, v, m: PagedAttentionMetadata, sm_scale: float):
+    """`_write_and_attend` under `shard_map` over the `tp` axis: each device gets its slice of
+    the q heads `[T, Hq/N, D]` and of the pool's kv heads `[L, 2, Hp/N, ...]`.
+
+    When the pool holds more heads than the model (Hp = N > Hkv: KV heads replicated), k/v
+    arrive whole and each device keeps the heads its pool slice copies: pool head j holds
+    KV head j // (Hp / Hkv), and device d's query heads are exactly those of its pool heads.
+    """
+    num_kv_heads, pool_heads = k.shape[1], kv_pool.shape[2]
+    copies = pool_heads // num_kv_heads  # replicas of each KV head in the pool (1 = plain sharding)
+    tp = m.mesh.shape[TP_AXIS]
+    local_meta = dataclasses.replace(m, mesh=None)
+    heads = P(None, TP_AXIS, None)  # [T, H, D] split on H
+
+    def local(pool, q, k, v, metadata):
+        if copies > 1:  # k, v: [T, Hkv, D] whole -> this device's [T, Hp/N, D]
+            first = jax.lax.axis_index(TP_AXIS) * (pool_heads // tp)
+            kv_heads = (first + jnp.arange(pool_heads // tp)) // copies
+            k, v = jnp.take(k, kv_heads, axis=1), jnp.take(v, kv_heads, axis=1)
+        return _write_and_attend(pool, layer, q, k, v, metadata, sm_scale)
+
+    kv_spec = P() if copies > 1 else heads
+    meta_spec = jax.tree.map(lambda _: P(), local_meta)
+    fn = shard_map(local, m.mesh, in_specs=(P(None, None, TP_AXIS), heads, kv_spec, kv_spec, meta_spec),
+                   out_specs=(heads, P(None, None, TP_AXIS)))
+    return fn(kv_pool, q, k, v, local_meta)
 
 
 @jax.tree_util.register_dataclass

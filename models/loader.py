@@ -4,8 +4,14 @@
 builds the model abstractly (no memory) and fills every parameter from the checkpoint through
 a strict name map: every checkpoint tensor must be used, every parameter must be found, every
 shape must match, and a clear error names the offending tensor otherwise. Each tensor is
-read from a memory map, cast, and sent to its device (or its shards, given `shardings`)
-on its own, so the model never sits twice in host memory.
+read from a memory map, cast, and sent to its device on its own, so the model never sits
+twice in host memory. Given `sharding_for` (tensor parallelism), each device receives only its
+slice, read straight from the memory map: no device (and no host buffer) holds a whole
+sharded tensor, and in a multi-host run each process reads only its own devices' slices.
+
+A directory written by `pagedjax convert` (marker file `ORBAX_MARKER`) holds the parameters
+as an orbax checkpoint instead: `load_params` restores it directly into the requested
+shardings, in parallel, with no name mapping, transposition or cast left to do.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ _TORCH_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "
                       "torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
 # Buffers some checkpoints carry that are not parameters (recomputed from the config).
 _IGNORED = re.compile(r".*\.rotary_emb\.inv_freq$")
+# `pagedjax convert` output: this JSON file next to config.json, the orbax checkpoint in ORBAX_PARAMS.
+ORBAX_MARKER = "pagedjax_orbax.json"
+ORBAX_PARAMS = "params"
 
 
 class CheckpointError(ValueError):
@@ -93,13 +102,41 @@ def abstract_model(cfg: ModelConfig, dtype) -> tuple[nnx.GraphDef, nnx.State]:
     return nnx.split(abstract)
 
 
+def param_name(path: tuple) -> str:
+    """Our parameter path as one dotted name (the keys of an orbax checkpoint)."""
+    return ".".join(str(p) for p in path)
+
+
+def is_orbax_checkpoint(model_dir: str) -> bool:
+    """Whether `model_dir` was written by `pagedjax convert`."""
+    return os.path.exists(os.path.join(model_dir, ORBAX_MARKER))
+
+
+def _to_device(array: np.ndarray, dtype, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    """A host tensor (e.g. a memory-mapped view) cast to `dtype` on its device or shards.
+
+    NOTE: with a sharding, each device's slice is read, cast and sent on its own
+    (`make_array_from_callback`), so no whole copy of a sharded tensor is ever made.
+    """
+    def host_slice(index):  # cast only when needed: the device transfer is a copy already
+        part = np.asarray(array[index])
+        return part if part.dtype == dtype else part.astype(dtype)
+
+    if sharding is None:
+        return jnp.asarray(host_slice(...))
+    return jax.make_array_from_callback(array.shape, sharding, host_slice)
+
+
 def load_params(cfg: ModelConfig, model_dir: str, dtype,
                 sharding_for: Callable[[tuple], jax.sharding.Sharding] | None = None) -> tuple[nnx.GraphDef, nnx.State]:
-    """Fills the model's parameters from `model_dir`'s safetensors files.
+    """Fills the model's parameters from `model_dir`'s safetensors files (or its orbax checkpoint,
+    see `is_orbax_checkpoint`).
 
     `sharding_for(path)` gives each parameter's target sharding (default: the default device).
     Raises `CheckpointError` naming the missing, unexpected or misshapen tensors.
     """
+    if is_orbax_checkpoint(model_dir):
+        return restore_orbax_params(cfg, model_dir, dtype, sharding_for)
     graphdef, abstract_state = abstract_model(cfg, dtype)
     flat = list(nnx.to_flat_state(abstract_state))
     targets = {}  # HF name -> (our path, variable, transposed)
@@ -123,12 +160,11 @@ def load_params(cfg: ModelConfig, model_dir: str, dtype,
                 shown = tuple(reversed(want)) if transposed else want
                 misshapen.append(f"{name}: checkpoint {tuple(have)}, model expects {shown}")
                 continue
-            array = st.get(name)
+            array = st.get(name)  # a view of the memory map
             if transposed:
                 array = array.T
-            array = np.asarray(array).astype(var.get_value().dtype)
             sharding = sharding_for(path) if sharding_for else None
-            var.set_value(jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array))
+            var.set_value(_to_device(array, var.get_value().dtype, sharding))
             loaded.add(name)
     missing = sorted(set(targets) - loaded)
     problems = []
@@ -140,6 +176,46 @@ def load_params(cfg: ModelConfig, model_dir: str, dtype,
         problems.append("misshapen tensors: " + "; ".join(misshapen))
     if problems:
         raise CheckpointError(f"checkpoint {model_dir} does not match {cfg.architecture}: " + " | ".join(problems))
+    return graphdef, nnx.from_flat_state(flat)
+
+
+def restore_orbax_params(cfg: ModelConfig, model_dir: str, dtype,
+                         sharding_for: Callable[[tuple], jax.sharding.Sharding] | None = None
+                         ) -> tuple[nnx.GraphDef, nnx.State]:
+    """Restores a `pagedjax convert` checkpoint into the model's parameters, each straight into
+    `sharding_for(path)` (default: the default device) and cast to `dtype` if it was saved in
+    another. Raises `CheckpointError` naming missing, unexpected or misshapen parameters."""
+    import orbax.checkpoint as ocp
+
+    graphdef, abstract_state = abstract_model(cfg, dtype)
+    flat = list(nnx.to_flat_state(abstract_state))
+    path = os.path.abspath(os.path.join(model_dir, ORBAX_PARAMS))
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = {}
+    for p, var in flat:
+        want = var.get_value()
+        sharding = sharding_for(p) if sharding_for else None
+        target[param_name(p)] = jax.ShapeDtypeStruct(want.shape, want.dtype, sharding=sharding or default)
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = checkpointer.metadata(path)
+        saved = getattr(saved, "item_metadata", saved)  # orbax >= 0.11 wraps the tree
+        saved_shapes = {name: tuple(m.shape) for name, m in dict(saved).items()}
+        problems = []
+        missing = sorted(set(target) - set(saved_shapes))
+        unexpected = sorted(set(saved_shapes) - set(target))
+        misshapen = [f"{n}: checkpoint {saved_shapes[n]}, model expects {tuple(target[n].shape)}"
+                     for n in sorted(set(target) & set(saved_shapes)) if saved_shapes[n] != tuple(target[n].shape)]
+        if missing:
+            problems.append("missing parameters: " + ", ".join(missing))
+        if unexpected:
+            problems.append("unexpected parameters: " + ", ".join(unexpected))
+        if misshapen:
+            problems.append("misshapen parameters: " + "; ".join(misshapen))
+        if problems:
+            raise CheckpointError(f"orbax checkpoint {path} does not match {cfg.architecture}: " + " | ".join(problems))
+        restored = checkpointer.restore(path, target)
+    for p, var in flat:
+        var.set_value(restored[param_name(p)])
     return graphdef, nnx.from_flat_state(flat)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from models.config import ModelConfig
 from models.loader import load_params, resolve_dtype, resolve_model_path
 from models.presets import PRESETS, preset_config, random_params
+from models.sharding import check_tensor_parallel, make_mesh, param_sharding_fn, pool_kv_heads
 from pagedjax.config import EngineConfig
 from pagedjax.detokenizer import IncrementalDetokenizer
 from pagedjax.outputs import CompletionOutput, Logprob, RequestOutput
@@ -84,6 +85,11 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir(), "xla"))
 
 
+def device_memory_stats(devices) -> list[dict | None]:
+    """Each device's `memory_stats()` (None where the platform reports none, e.g. CPU)."""
+    return [d.memory_stats() if hasattr(d, "memory_stats") else None for d in devices]
+
+
 def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -115,6 +121,8 @@ class LLMEngine:
         else:
             model_dir = resolve_model_path(config.model)
             self.model_config = cfg = ModelConfig.from_pretrained(model_dir)
+        # Tensor parallelism: the mesh and the parameters' shardings (None on one device).
+        self.mesh, sharding_for = self._tensor_parallel(cfg, config.tensor_parallel_size)
         tokenizer_path = resolve_model_path(config.tokenizer) if config.tokenizer else model_dir
         self.tokenizer = _load_tokenizer(tokenizer_path) if tokenizer_path else None
         self.max_model_len = self._resolve_max_model_len(cfg, config.max_model_len)
@@ -123,9 +131,9 @@ class LLMEngine:
         self.platform = jax.default_backend()
         self.backend = config.resolved_backend(self.platform)
         if is_preset:
-            graphdef, params = random_params(cfg, dtype, seed=config.seed)
-        else:
-            graphdef, params = load_params(cfg, model_dir, dtype)
+            graphdef, params = random_params(cfg, dtype, seed=config.seed, sharding_for=sharding_for)
+        else:  # safetensors, or an orbax checkpoint of `pagedjax convert`
+            graphdef, params = load_params(cfg, model_dir, dtype, sharding_for=sharding_for)
         self.load_seconds = time.perf_counter() - start
         self.profile: dict = {}
         num_blocks = config.num_kv_blocks or self._profile_num_blocks(graphdef, params, cfg, dtype)
@@ -139,7 +147,7 @@ class LLMEngine:
             graphdef, params, cfg, num_blocks=num_blocks, block_size=config.block_size,
             max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens, backend=self.backend, kv_dtype=dtype,
-            seed=config.seed)
+            seed=config.seed, mesh=self.mesh)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
             max_model_len=self.max_model_len, block_size=config.block_size, num_blocks=num_blocks,
@@ -161,6 +169,16 @@ class LLMEngine:
     # --------------------------------------------------------------------------- set-up
 
     @staticmethod
+    def _tensor_parallel(cfg: ModelConfig, tp: int):
+        """(mesh, sharding_for) for `tp` devices; (None, None) for one. ValueError when `cfg` cannot
+        be split `tp` ways or there are fewer than `tp` devices."""
+        if tp == 1:
+            return None, None
+        mesh = make_mesh(tp)
+        check_tensor_parallel(cfg, tp)
+        return mesh, param_sharding_fn(cfg, mesh)
+
+    @staticmethod
     def _resolve_max_model_len(cfg: ModelConfig, requested: int | None) -> int:
         derived = cfg.max_position_embeddings
         if cfg.sliding_window is not None and cfg.sliding_window < derived:
@@ -180,25 +198,42 @@ class LLMEngine:
         """KV blocks that fit in device memory: `gpu_memory_utilization` of the memory JAX may use,
         minus what is in use (the weights) and the largest step's temporaries (from its compiled
         memory analysis against a one-block pool). Devices that report no memory (CPU) get
-        `cpu_kv_cache_bytes`, and never more blocks than `max_num_seqs` full-length sequences need."""
-        bytes_per_block = cfg.kv_bytes_per_token(np.dtype(dtype).itemsize) * self.config.block_size
+        `cpu_kv_cache_bytes` for the whole pool, and never more blocks than `max_num_seqs`
+        full-length sequences need.
+
+        With tensor parallelism every device holds 1/N of each block and the tightest device
+        decides (and, over several hosts, the tightest host: every process must build the same pool).
+        """
+        tp = self.config.tensor_parallel_size
+        # whole-pool bytes of one block (replicated KV heads included), and one device's share
+        bytes_per_block = (2 * cfg.num_layers * pool_kv_heads(cfg, tp) * cfg.head_dim * np.dtype(dtype).itemsize
+                           * self.config.block_size)
+        device_bytes_per_block = bytes_per_block // tp
         max_useful = -(-self.max_model_len // self.config.block_size) * self.config.max_num_seqs
-        device = jax.devices()[0]
-        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-        if not stats or "bytes_limit" not in stats:
+        devices = [jax.devices()[0]] if self.mesh is None else [
+            d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+        stats = device_memory_stats(devices)
+        if not all(st and "bytes_limit" in st for st in stats):
             return max(1, min(self.config.cpu_kv_cache_bytes // bytes_per_block, max_useful))
         probe = ModelRunner(graphdef, params, cfg, num_blocks=1, block_size=self.config.block_size,
                             max_model_len=self.max_model_len, max_num_seqs=self.config.max_num_seqs,
                             max_num_batched_tokens=self.max_num_batched_tokens, backend=self.backend,
-                            kv_dtype=dtype)
+                            kv_dtype=dtype, mesh=self.mesh)
         largest = probe.step_shape(probe.token_buckets[-1], 1, probe.max_blocks_per_seq, False)
-        temp = probe.step_memory(largest)["temp_bytes"]
+        temp = probe.step_memory(largest)["temp_bytes"]  # per device for a partitioned step
         del probe
-        stats = device.memory_stats()
-        free = stats["bytes_limit"] * self.config.gpu_memory_utilization - stats["bytes_in_use"] - temp
-        self.profile = dict(bytes_limit=stats["bytes_limit"], bytes_in_use=stats["bytes_in_use"],
-                            step_temp_bytes=temp, bytes_per_block=bytes_per_block)
-        return max(0, min(int(free // bytes_per_block), max_useful))
+        stats = device_memory_stats(devices)
+        usable = [st["bytes_limit"] * self.config.gpu_memory_utilization - st["bytes_in_use"] for st in stats]
+        tightest = stats[int(np.argmin(usable))]
+        free = min(usable) - temp
+        self.profile = dict(bytes_limit=tightest["bytes_limit"], bytes_in_use=tightest["bytes_in_use"],
+                            step_temp_bytes=temp, bytes_per_block=device_bytes_per_block)
+        num_blocks = max(0, min(int(free // device_bytes_per_block), max_useful))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            num_blocks = int(np.min(multihost_utils.process_allgather(np.int64(num_blocks))))
+        return num_blocks
 
     # --------------------------------------------------------------------------- requests
 
@@ -500,5 +535,6 @@ class LLMEngine:
         s = dict(self.scheduler.stats())
         s.update(num_compiles=self.runner.num_compiles, compile_seconds=self.runner.compile_seconds,
                  num_steps=self.num_steps, host_seconds=self.host_seconds, attention_backend=self.backend,
-                 max_model_len=self.max_model_len, startup_seconds=self.startup_seconds)
+                 max_model_len=self.max_model_len, startup_seconds=self.startup_seconds,
+                 load_seconds=self.load_seconds, tensor_parallel_size=self.config.tensor_parallel_size)
         return s

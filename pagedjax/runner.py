@@ -5,6 +5,10 @@ once and donated to every step, which writes this step's K/V into it in place an
 through the block tables. Shapes inside jit are static: a step is padded to a bucket
 (`StepShape`) from a short fixed list, each bucket is compiled once (ahead of time, counted in
 `num_compiles`), and `precompile()` can build them all up front.
+
+Tensor parallelism (`mesh` given): parameters arrive sharded (models/sharding.py), the pool is
+sharded on its kv-head axis, the host inputs of a step are replicated, and attention runs
+under `shard_map` (models/attention.py). Without a mesh nothing of that is traced.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import functools
 import itertools
 import operator
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, PartitionSpec
 
 from models.attention import PagedAttentionMetadata, PagedKVCache
 from models.config import ModelConfig
+from models.sharding import TP_AXIS, kv_pool_sharding, pool_kv_heads, replicated, shard_map
 from pagedjax.sampler import MAX_LOGPROBS, SamplingTensors, sample
 
 
@@ -119,7 +125,7 @@ def _token_logprobs(model, hidden, next_ids, k: int):
     return tuple(o.reshape(num_tokens, *o.shape[2:]) for o in outs)
 
 
-def _step(graphdef, backend: str, decode_only: bool, num_logprobs: int, prompt_logprobs: bool,
+def _step(graphdef, backend: str, mesh: Mesh | None, decode_only: bool, num_logprobs: int, prompt_logprobs: bool,
           params, kv_pool, inputs: dict, sampling: SamplingTensors, rng):
     """One engine step on device: forward over the packed tokens, then sample one token per row.
 
@@ -130,12 +136,15 @@ def _step(graphdef, backend: str, decode_only: bool, num_logprobs: int, prompt_l
     key = jax.random.fold_in(jax.random.key(rng[0]), rng[1])
     metadata = PagedAttentionMetadata(
         slot_mapping=inputs["slot_mapping"], block_tables=inputs["block_tables"], kv_lens=inputs["kv_lens"],
-        query_start_loc=inputs["query_start_loc"], backend=backend, decode_only=decode_only)
+        query_start_loc=inputs["query_start_loc"], backend=backend, decode_only=decode_only, mesh=mesh)
     hidden, cache = model(inputs["token_ids"], inputs["positions"], PagedKVCache(kv_pool, metadata))
     logits = model.compute_logits(hidden[inputs["logits_indices"]])  # f32[S, V]
     outs = sample(logits, sampling, key, num_logprobs=num_logprobs)
     if prompt_logprobs:
         outs = (*outs, _token_logprobs(model, hidden, inputs["next_token_ids"], MAX_LOGPROBS))
+    if mesh is not None:  # results whole on every device (each host reads its own copy); pool stays split
+        outs = jax.lax.with_sharding_constraint(outs, replicated(mesh))
+        return jax.lax.with_sharding_constraint(cache.kv_pool, kv_pool_sharding(mesh)), outs
     return cache.kv_pool, outs
 
 
@@ -144,13 +153,21 @@ def _copy_blocks(kv_pool, src, dst):
     return kv_pool.at[:, :, :, dst].set(kv_pool[:, :, :, src])
 
 
+def _sharded_copy_blocks(mesh: Mesh, kv_pool, src, dst):
+    """`_copy_blocks` on each device's slice of the kv-head axis (no data crosses devices)."""
+    pool_spec, rep = PartitionSpec(None, None, TP_AXIS), PartitionSpec()
+    return shard_map(_copy_blocks, mesh, in_specs=(pool_spec, rep, rep), out_specs=pool_spec)(kv_pool, src, dst)
+
+
 class ModelRunner:
     """Owns the parameters, the KV pool and the compiled steps; executes `SchedulerOutput`s."""
 
     def __init__(self, graphdef, params, config: ModelConfig, *, num_blocks: int, block_size: int,
                  max_model_len: int, max_num_seqs: int, max_num_batched_tokens: int, backend: str,
-                 kv_dtype, seed: int = 0):
+                 kv_dtype, seed: int = 0, mesh: Mesh | None = None):
+        """`mesh`: the tensor-parallel mesh (`tp` axis) the parameters are sharded over; None = one device."""
         self.graphdef, self.params, self.config = graphdef, params, config
+        self.mesh = mesh
         self.block_size, self.num_blocks, self.backend = block_size, num_blocks, backend
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.max_num_seqs = max_num_seqs
@@ -160,8 +177,14 @@ class ModelRunner:
         # the jnp reference gathers the whole table, so it gets width buckets.
         self.width_buckets = ((self.max_blocks_per_seq,) if backend == "pallas"
                               else pow2_buckets(min(4, self.max_blocks_per_seq), self.max_blocks_per_seq))
-        shape = (config.num_layers, 2, config.num_kv_heads, num_blocks, block_size, config.head_dim)
-        self.kv_pool = jnp.zeros(shape, kv_dtype)  # [L, 2, Hkv, num_blocks, block_size, D]
+        tp = 1 if mesh is None else mesh.shape[TP_AXIS]
+        shape = (config.num_layers, 2, pool_kv_heads(config, tp), num_blocks, block_size, config.head_dim)
+        if mesh is None:
+            self.kv_pool = jnp.zeros(shape, kv_dtype)  # [L, 2, Hkv, num_blocks, block_size, D]
+            self._host_sharding = None
+        else:  # created in place on each device: [L, 2, Hp / tp, num_blocks, block_size, D] per device
+            self.kv_pool = jax.jit(lambda: jnp.zeros(shape, kv_dtype), out_shardings=kv_pool_sharding(mesh))()
+            self._host_sharding = replicated(mesh)
         self._seed = seed & 0xFFFFFFFF
         self._step_count = 0
         self._compiled: dict = {}
@@ -204,30 +227,34 @@ class ModelRunner:
                 shapes.append(self.step_shape(t, 1, w, False))
         return list(dict.fromkeys(shapes))
 
+    def _host_arg(self, dims: tuple, dtype) -> jax.ShapeDtypeStruct:
+        """A step input sent from the host (replicated over the mesh, if any)."""
+        return jax.ShapeDtypeStruct(dims, dtype, sharding=self._host_sharding)
+
     def _abstract_args(self, shape: StepShape):
         t, s, w = shape.num_tokens, shape.num_seqs, shape.table_width
-        i32 = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.int32)  # noqa: E731
-        f32 = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.float32)  # noqa: E731
+        i32 = lambda *dims: self._host_arg(dims, jnp.int32)  # noqa: E731
+        f32 = lambda *dims: self._host_arg(dims, jnp.float32)  # noqa: E731
         inputs = dict(token_ids=i32(t), positions=i32(t), slot_mapping=i32(t), block_tables=i32(s, w),
                       kv_lens=i32(s), query_start_loc=i32(s + 1), logits_indices=i32(s))
         if shape.prompt_logprobs:
             inputs["next_token_ids"] = i32(t)
         sampling = SamplingTensors(
             temperature=f32(s), top_k=i32(s), top_p=f32(s), min_p=f32(s), presence_penalty=f32(s),
-            frequency_penalty=f32(s), repetition_penalty=f32(s), seed=jax.ShapeDtypeStruct((s,), jnp.uint32),
-            has_seed=jax.ShapeDtypeStruct((s,), jnp.bool_), sample_index=i32(s),
+            frequency_penalty=f32(s), repetition_penalty=f32(s), seed=self._host_arg((s,), jnp.uint32),
+            has_seed=self._host_arg((s,), jnp.bool_), sample_index=i32(s),
             suppress_tokens=i32(s, shape.suppress_len), prompt_tokens=i32(s, shape.penalty_len),
             output_tokens=i32(s, shape.penalty_len))
         params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.params)
         pool = jax.ShapeDtypeStruct(self.kv_pool.shape, self.kv_pool.dtype, sharding=self.kv_pool.sharding)
-        return params, pool, inputs, sampling, jax.ShapeDtypeStruct((2,), jnp.uint32)
+        return params, pool, inputs, sampling, self._host_arg((2,), jnp.uint32)
 
     def compiled_step(self, shape: StepShape):
         """The compiled step for `shape` (compiling it on first use)."""
         fn = self._compiled.get(shape)
         if fn is None:
             start = time.perf_counter()
-            jitted = jax.jit(functools.partial(_step, self.graphdef, self.backend, shape.decode_only,
+            jitted = jax.jit(functools.partial(_step, self.graphdef, self.backend, self.mesh, shape.decode_only,
                                                shape.num_logprobs, shape.prompt_logprobs), donate_argnums=(1,))
             fn = jitted.lower(*self._abstract_args(shape)).compile()
             self._compiled[shape] = fn
@@ -243,11 +270,12 @@ class ModelRunner:
         return self.num_compiles - before
 
     def step_memory(self, shape: StepShape) -> dict:
-        """The compiled step's memory analysis: temporaries against the KV pool's size."""
+        """The compiled step's memory analysis: temporaries against the KV pool's size (both per
+        device under tensor parallelism)."""
         analysis = self.compiled_step(shape).memory_analysis()
         return dict(temp_bytes=int(analysis.temp_size_in_bytes),
                     argument_bytes=int(analysis.argument_size_in_bytes),
-                    kv_pool_bytes=int(self.kv_pool.size * self.kv_pool.dtype.itemsize))
+                    kv_pool_bytes=int(self.kv_pool.addressable_shards[0].data.nbytes))
 
     # ----------------------------------------------------------------------------- execution
 
@@ -264,9 +292,10 @@ class ModelRunner:
         key = ("copy", n)
         fn = self._compiled.get(key)
         if fn is None:
-            spec = jax.ShapeDtypeStruct((n,), jnp.int32)
+            spec = self._host_arg((n,), jnp.int32)
             pool = jax.ShapeDtypeStruct(self.kv_pool.shape, self.kv_pool.dtype, sharding=self.kv_pool.sharding)
-            fn = jax.jit(_copy_blocks, donate_argnums=(0,)).lower(pool, spec, spec).compile()
+            copy = _copy_blocks if self.mesh is None else functools.partial(_sharded_copy_blocks, self.mesh)
+            fn = jax.jit(copy, donate_argnums=(0,)).lower(pool, spec, spec).compile()
             self._compiled[key] = fn
             self.num_compiles += 1
         self.kv_pool = fn(self.kv_pool, src, dst)

@@ -21,6 +21,8 @@ VARIANTS = {
     "llama": ("LlamaConfig", dict(head_dim=16)),
     "llama-tied-headdim32": ("LlamaConfig", dict(head_dim=32, tie_word_embeddings=True, attention_bias=True)),
     "llama-mha": ("LlamaConfig", dict(num_key_value_heads=4)),
+    # GQA group of 4: tensor parallelism up to 8 ways, KV heads replicated beyond 2
+    "llama-8q2kv": ("LlamaConfig", dict(num_attention_heads=8, head_dim=16)),
     "llama-rope-linear": ("LlamaConfig", dict(rope_scaling={"rope_type": "linear", "factor": 2.0})),
     "llama-rope-dynamic": ("LlamaConfig", dict(max_position_embeddings=24,
                                                rope_scaling={"rope_type": "dynamic", "factor": 4.0})),
