@@ -1,0 +1,109 @@
+"""`ServerState`: what the handlers share (engine, tokenizer, names, limits), kept on `app.state`."""
+
+from __future__ import annotations
+
+import secrets
+from typing import AsyncIterator, Callable
+
+from fastapi.responses import StreamingResponse
+
+from pagedjax.outputs import RequestOutput
+from pagedjax.sampling_params import SamplingParams
+from pagedjax.server.async_engine import AsyncEngine, EngineRequestError
+from pagedjax.server.errors import APIError, from_value_error, server_error
+from pagedjax.server.generation import Generation
+from pagedjax.server.metrics import ServerMetrics
+from pagedjax.server.protocol import UsageInfo
+
+
+class ServerState:
+    """The server's shared state and the request plumbing common to every endpoint.
+
+    Args:
+        engine: the `AsyncEngine` (its thread is started by the app's lifespan).
+        tokenizer: a tokenizer for the event-loop side (a copy of the engine's; None for
+            tokenizer-less models), used for prompts, chat templates and echo.
+        model_names: names the server answers to (the first is the default).
+        model_root: the model's path or hub id (reported by /v1/models).
+        api_key: required as `Authorization: Bearer KEY` on /v1/* when set.
+        metrics: the Prometheus metrics.
+    """
+
+    def __init__(self, engine: AsyncEngine, tokenizer, model_names: list[str], model_root: str,
+                 api_key: str | None, metrics: ServerMetrics):
+        if not model_names:
+            raise ValueError("at least one served model name is required")
+        self.engine, self.tokenizer, self.model_names = engine, tokenizer, list(model_names)
+        self.model_root, self.api_key, self.metrics = model_root, api_key, metrics
+        self.max_model_len = engine.max_model_len
+
+    def check_api_key(self, authorization: str | None) -> None:
+        """401 unless `authorization` is `Bearer <the key>` (no key configured: always fine)."""
+        if self.api_key is None:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise APIError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
+                           code="invalid_api_key")
+
+    def check_model(self, name: str | None) -> str:
+        """The served name a request asked for (default: the first); 404 for any other."""
+        if name is None:
+            return self.model_names[0]
+        if name not in self.model_names:
+            raise APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+        return name
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer is not None else ""
+
+    @staticmethod
+    def usage(prompt_ids: list[list[int]], completion_tokens: int) -> UsageInfo:
+        prompt_tokens = sum(len(ids) for ids in prompt_ids)
+        return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                         total_tokens=prompt_tokens + completion_tokens)
+
+    async def start(self, generation: Generation, requests: list[tuple[list[int], SamplingParams]]) -> None:
+        """Queues the requests; the engine's ValueError is a 400, its failure a 500."""
+        try:
+            await generation.start(requests)
+        except ValueError as error:
+            raise from_value_error(error) from None
+        except EngineRequestError as error:
+            raise server_error(str(error)) from None
+
+    @staticmethod
+    async def collect(generation: Generation, count: int) -> list[RequestOutput]:
+        """The final outputs of all `count` prompts (a 500 if the engine failed on one)."""
+        finals: list[RequestOutput | None] = [None] * count
+        try:
+            while (item := await generation.next()) is not None:
+                prompt, output = item
+                if output.finished:
+                    finals[prompt] = output
+        except EngineRequestError as error:
+            raise server_error(str(error)) from None
+        return finals
+
+    @staticmethod
+    async def stream(generation: Generation, events: Callable[[Generation, tuple[int, RequestOutput]],
+                                                              AsyncIterator[str]]) -> StreamingResponse:
+        """An SSE response. The first output is awaited before the response starts, so that a
+        request the engine fails at once still gets a plain 500."""
+        try:
+            first = await generation.next()
+        except EngineRequestError as error:
+            generation.close()
+            raise server_error(str(error)) from None
+        except BaseException:
+            generation.close()
+            raise
+
+        async def body():
+            try:
+                async for event in events(generation, first):
+                    yield event
+            finally:
+                generation.close()
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,60 @@
+"""Constants and helpers of the server tests (the fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import httpx
+import openai
+
+API_KEY = "test-key"
+MODEL = "tiny-llama"
+ALIAS = "tiny-alias"
+# Small shapes keep compiles few; enough KV blocks for 16 running sequences of ~40 tokens.
+ENGINE_OPTIONS = dict(block_size=16, num_kv_blocks=64, max_model_len=128, max_num_seqs=16, max_num_batched_tokens=128)
+REQUEST_TIMEOUT_S = 120.0
+
+
+def async_client(server, **kwargs) -> openai.AsyncOpenAI:
+    """An async OpenAI client (create it inside the event loop that uses it)."""
+    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=REQUEST_TIMEOUT_S,
+                              http_client=httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=100)),
+                              **kwargs)
+
+
+def engine_stats(http: httpx.Client) -> dict:
+    response = http.get("/debug/stats")
+    response.raise_for_status()
+    return response.json()
+
+
+def wait_until_idle(http: httpx.Client, timeout_s: float = 30.0) -> dict:
+    """Polls /debug/stats (bounded) until no request is in flight; returns the stats."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = engine_stats(http)
+        if stats["num_server_requests"] == 0 and stats["num_running"] == 0 and stats["num_waiting"] == 0:
+            return stats
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server is still busy after {timeout_s} s: {stats}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def slowed_engine(server, seconds_per_step: float):
+    """Makes every model step of the server's engine take at least `seconds_per_step`, so a test
+    can act while a request is surely still running. NOTE: an instance attribute on the runner,
+    read by the engine thread at each step; removed afterwards."""
+    runner = server.app.state.server.engine._engine.runner
+    original = runner.execute
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds_per_step)
+        return original(*args, **kwargs)
+
+    runner.execute = slow
+    try:
+        yield
+    finally:
+        del runner.execute
