@@ -1,4 +1,4 @@
-"""The `pagedjax` command line: `generate` (more subcommands register themselves below).
+"""The `pagedjax` command line: `generate`, `convert` (more subcommands register themselves below).
 
 argparse lives only here and in other entry points; library code takes plain arguments.
 """
@@ -21,6 +21,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: greedy)")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     p.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16 or float16")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="devices to split the model over (tensor parallelism; default 1)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating after the end-of-sequence token")
     p.add_argument("--json", action="store_true",
                    help='print {"prompt_token_ids": [...], "token_ids": [...], "text": "..."} instead of text')
@@ -33,7 +35,7 @@ def _run_generate(args) -> int:
     from pagedjax.sampling_params import SamplingParams
 
     model = args.model or default_model_dir()
-    llm = LLM(model, dtype=args.dtype, seed=args.seed)
+    llm = LLM(model, dtype=args.dtype, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size)
     params = SamplingParams(temperature=0.0 if args.temperature is None else args.temperature,
                             max_tokens=args.max_tokens, ignore_eos=args.ignore_eos, seed=args.seed)
     compile_before = llm.stats()["compile_seconds"]
@@ -53,10 +55,45 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="save a checkpoint as an orbax checkpoint (restored straight into any sharding)",
+                       description="Load a Hugging Face checkpoint (directory or hub id) and save its parameters, "
+                                   "optionally cast, as an orbax checkpoint directory with its config and tokenizer "
+                                   "files. `LLM(OUT)` / `--model OUT` restore it straight into their sharding.")
+    p.add_argument("model", help="checkpoint directory or Hugging Face hub id")
+    p.add_argument("out", help="output directory (must not exist or be empty)")
+    p.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16 or float16")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from pagedjax.convert import convert_checkpoint
+
+    summary = convert_checkpoint(args.model, args.out, dtype=args.dtype)
+    print(f"wrote {summary['num_params']:,} parameters ({summary['bytes'] / 2**20:.1f} MiB, {summary['dtype']}) "
+          f"to {summary['out_dir']} (load {summary['load_seconds']:.1f} s, save {summary['save_seconds']:.1f} s)")
+    return 0
+
+
+def _add_serve(sub) -> None:
+    from pagedjax.server.cli import add_serve_parser
+
+    add_serve_parser(sub)
+
+
+def _add_bench(sub) -> None:
+    from pagedjax.bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagedjax", description="PagedAttention LLM inference in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_convert(sub)
+    _add_serve(sub)
+    _add_bench(sub)
     return parser
 
 
