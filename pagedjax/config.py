@@ -24,6 +24,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
     seed: int = 0
+    skip_tokenizer_init: bool = False  # token ids in and out only (no tokenizer files needed)
     tensor_parallel_size: int = 1  # devices the model is split over (a `tp` mesh axis)
     cpu_kv_cache_bytes: int = 1 << 30  # KV budget where the device reports no memory (CPU)
 

@@ -107,6 +107,15 @@ def _generation_eos_ids(model_dir: str) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, list) else (int(eos),)
 
 
+class EngineStepError(RuntimeError):
+    """A step failed on the device or while preparing it; every request was aborted (ids in
+    `aborted_request_ids`) and the engine is ready for new requests."""
+
+    def __init__(self, message: str, aborted_request_ids: list[str]):
+        super().__init__(message)
+        self.aborted_request_ids = aborted_request_ids
+
+
 class LLMEngine:
     """The paged, continuously batching inference engine (offline `LLM` and the server use it)."""
 
@@ -124,7 +133,8 @@ class LLMEngine:
         # Tensor parallelism: the mesh and the parameters' shardings (None on one device).
         self.mesh, sharding_for = self._tensor_parallel(cfg, config.tensor_parallel_size)
         tokenizer_path = resolve_model_path(config.tokenizer) if config.tokenizer else model_dir
-        self.tokenizer = _load_tokenizer(tokenizer_path) if tokenizer_path else None
+        load_tokenizer = tokenizer_path and not config.skip_tokenizer_init
+        self.tokenizer = _load_tokenizer(tokenizer_path) if load_tokenizer else None
         self.max_model_len = self._resolve_max_model_len(cfg, config.max_model_len)
         self.max_num_batched_tokens = config.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
         dtype = resolve_dtype(config.dtype, cfg)
@@ -152,6 +162,7 @@ class LLMEngine:
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
             max_model_len=self.max_model_len, block_size=config.block_size, num_blocks=num_blocks,
             enable_prefix_caching=config.enable_prefix_caching))
+        self.num_kv_blocks = num_blocks
         tok_eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         self.eos_token_id = tok_eos if tok_eos is not None else (cfg.eos_token_ids or (None,))[0]
         extra = set(_generation_eos_ids(model_dir) if model_dir else ()) | set(cfg.eos_token_ids)
@@ -360,12 +371,17 @@ class LLMEngine:
             observe(sched)
         comps = self._completions
         batch = [comps[s.request_id] for s in sched.scheduled]
-        rows, forks = self._sample_rows(sched.scheduled, batch)
-        next_after = self._prompt_logprob_targets(sched.scheduled, batch)
-        self.runner.copy_blocks(sched.blocks_to_copy)
-        shape, inputs, sampling = self.runner.prepare_inputs(sched.scheduled, rows, next_after)
-        t1 = time.perf_counter()
-        result = self.runner.execute(shape, inputs, sampling, len(rows.params), sched.num_batched_tokens)
+        try:
+            rows, forks = self._sample_rows(sched.scheduled, batch)
+            next_after = self._prompt_logprob_targets(sched.scheduled, batch)
+            self.runner.copy_blocks(sched.blocks_to_copy)
+            shape, inputs, sampling = self.runner.prepare_inputs(sched.scheduled, rows, next_after)
+            t1 = time.perf_counter()
+            result = self.runner.execute(shape, inputs, sampling, len(rows.params), sched.num_batched_tokens)
+        except Exception as error:
+            aborted = self._reset_after_failure(sched)
+            raise EngineStepError(f"engine step failed ({error!r}); aborted {len(aborted)} requests",
+                                  aborted) from error
         t2 = time.perf_counter()
         sampled = {s.request_id: [int(tok)] for s, tok in zip(sched.scheduled, result.token_ids) if s.sample}
         update = self.scheduler.update(sched, sampled)
@@ -375,6 +391,22 @@ class LLMEngine:
         self.num_steps += 1
         self.host_seconds += (t1 - t0) + (time.perf_counter() - t2)
         return outputs
+
+    def _reset_after_failure(self, sched) -> list[str]:
+        """A step failed between scheduling and its results: the KV pool may be lost (it was
+        donated), so every request is aborted, the scheduler starts afresh (no prefix cache over
+        lost contents) and the runner gets a fresh pool. Returns the aborted request ids."""
+        aborted = list(self._groups)
+        for request_id in aborted:
+            self.abort_request(request_id)
+        self.scheduler.update(sched, {})  # closes the step: its requests are all aborted
+        self.scheduler = Scheduler(self.scheduler.config)
+        self.runner.reset_after_failure()
+        return aborted
+
+    def reset_prefix_cache(self) -> bool:
+        """Empties the prefix cache (vLLM's `reset_prefix_cache`); False while requests hold blocks."""
+        return self.scheduler.reset_prefix_cache()
 
     def _sample_rows(self, scheduled, batch) -> tuple[SampleRows, list]:
         """One sampler row per scheduled sequence, plus one per child of a request forking now."""
@@ -441,7 +473,12 @@ class LLMEngine:
                 group.first_token_time = now
                 req = self.scheduler.get_request(comp.seq_id)
                 group.num_cached_tokens = req.num_cached_tokens if req is not None else group.num_cached_tokens
-            self._append(comp, tokens, result, i)
+            try:
+                self._append(comp, tokens, result, i)
+            except Exception:  # one request's output processing must not fail the others
+                logger.exception("output processing failed for request %s; aborting it", comp.seq_id)
+                comp.finish_reason, comp.stop_reason = "abort", None
+                self.scheduler.abort_request(comp.seq_id)
             if group.stream or comp.finish_reason is not None:
                 touched[group.request_id] = group
         for req in update.finished:

@@ -44,6 +44,7 @@ class LLM:
         attention_backend: "auto" (Pallas on GPU, jnp reference elsewhere), "pallas", "reference",
             or "pallas_interpret" (the kernels in interpret mode, for testing on CPU).
         seed: seed of the engine's random stream (requests may carry their own).
+        skip_tokenizer_init: load no tokenizer (prompts as token ids, outputs without text).
         tensor_parallel_size: devices to split the model over (tensor parallelism over the first
             N of `jax.devices()`; see models/sharding.py for what N must divide).
     """
@@ -52,13 +53,14 @@ class LLM:
                  num_kv_blocks: int | None = None, gpu_memory_utilization: float = 0.9,
                  max_model_len: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int | None = None, enable_prefix_caching: bool = True,
-                 attention_backend: str = "auto", seed: int = 0, tensor_parallel_size: int = 1):
+                 attention_backend: str = "auto", seed: int = 0, tensor_parallel_size: int = 1,
+                 skip_tokenizer_init: bool = False):
         self.engine = LLMEngine(EngineConfig(
             model=model, tokenizer=tokenizer, dtype=dtype, block_size=block_size, num_kv_blocks=num_kv_blocks,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             enable_prefix_caching=enable_prefix_caching, attention_backend=attention_backend, seed=seed,
-            tensor_parallel_size=tensor_parallel_size))
+            tensor_parallel_size=tensor_parallel_size, skip_tokenizer_init=skip_tokenizer_init))
 
     def get_tokenizer(self):
         return self.engine.tokenizer
@@ -67,6 +69,10 @@ class LLM:
         """Engine counters: num_kv_blocks, num_free_kv_blocks, num_preemptions, prefix_cache_queries,
         prefix_cache_hits (tokens), num_compiles, ..."""
         return self.engine.stats()
+
+    def reset_prefix_cache(self) -> bool:
+        """Empties the prefix cache (e.g. between benchmark runs); False while requests run."""
+        return self.engine.reset_prefix_cache()
 
     def precompile(self) -> int:
         """Compiles every step bucket now (start-up warm-up); returns the number compiled."""

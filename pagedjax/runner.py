@@ -178,13 +178,10 @@ class ModelRunner:
         self.width_buckets = ((self.max_blocks_per_seq,) if backend == "pallas"
                               else pow2_buckets(min(4, self.max_blocks_per_seq), self.max_blocks_per_seq))
         tp = 1 if mesh is None else mesh.shape[TP_AXIS]
-        shape = (config.num_layers, 2, pool_kv_heads(config, tp), num_blocks, block_size, config.head_dim)
-        if mesh is None:
-            self.kv_pool = jnp.zeros(shape, kv_dtype)  # [L, 2, Hkv, num_blocks, block_size, D]
-            self._host_sharding = None
-        else:  # created in place on each device: [L, 2, Hp / tp, num_blocks, block_size, D] per device
-            self.kv_pool = jax.jit(lambda: jnp.zeros(shape, kv_dtype), out_shardings=kv_pool_sharding(mesh))()
-            self._host_sharding = replicated(mesh)
+        self._pool_shape = (config.num_layers, 2, pool_kv_heads(config, tp), num_blocks, block_size, config.head_dim)
+        self._kv_dtype, self.mesh = kv_dtype, mesh
+        self._host_sharding = None if mesh is None else replicated(mesh)
+        self.kv_pool = self.allocate_kv_pool()
         self._seed = seed & 0xFFFFFFFF
         self._step_count = 0
         self._compiled: dict = {}
@@ -192,6 +189,20 @@ class ModelRunner:
         self._sampling_cache = None  # ((S, row identities), parameter columns, rows) of the last step
         self.num_compiles = 0
         self.compile_seconds = 0.0
+
+    def allocate_kv_pool(self):
+        """A zeroed KV pool `[L, 2, Hkv, num_blocks, block_size, D]` (with tp: the kv-head axis
+        sharded, `Hkv / tp` heads created in place on each device)."""
+        shape, dtype = self._pool_shape, self._kv_dtype
+        if self.mesh is None:
+            return jnp.zeros(shape, dtype)
+        return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=kv_pool_sharding(self.mesh))()
+
+    def reset_after_failure(self) -> None:
+        """After a failed step: a fresh pool if the donated one was lost, and no cached host rows."""
+        if self.kv_pool.is_deleted():
+            self.kv_pool = self.allocate_kv_pool()
+        self._table_cache = self._sampling_cache = None
 
     # ----------------------------------------------------------------------------- shapes
 

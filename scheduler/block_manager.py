@@ -133,6 +133,15 @@ class BlockManager:
 
     # ------------------------------------------------------------------- verbs
 
+    def reset_prefix_cache(self) -> bool:
+        """Forgets every cached block hash (e.g. after the KV contents were lost, or between
+        benchmark runs). Only when no sequence holds blocks; returns whether it was reset."""
+        if self._tables:
+            return False
+        self._hash_to_block.clear()
+        self._block_hash = [None] * self.num_blocks
+        return True
+
     def get_computed_blocks(self, request: Request) -> tuple[list[int], int]:
         """Longest prefix of `request`'s tokens held by cached blocks: (block ids, tokens).
 

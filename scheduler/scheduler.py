@@ -167,6 +167,10 @@ class Scheduler:
             self._waiting.append(child)
         return False
 
+    def reset_prefix_cache(self) -> bool:
+        """Empties the prefix cache; only possible while no request holds blocks."""
+        return self.block_manager.reset_prefix_cache()
+
     def get_request(self, request_id: str) -> Request | None:
         """The unfinished request with this id, or None."""
         return self._requests.get(request_id)

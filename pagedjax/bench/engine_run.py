@@ -24,20 +24,10 @@ def build_llm(source: ModelSource, options: dict):
     """`LLM` over the shared checkpoint in the benchmark's dtype; `options` are `LLM` keyword arguments.
 
     A checkpoint without tokenizer files (a preset's) gets no tokenizer: prompts are token ids.
-    NOTE: `LLM` has no `skip_tokenizer_init` (vLLM's) yet, so the engine's tokenizer loader is
-    stubbed out while it is built; use the option instead once it exists.
     """
-    import inspect
-    from unittest import mock
-
     from pagedjax.llm import LLM
 
-    if source.has_tokenizer:
-        return LLM(source.model_dir, dtype=source.dtype, **options)
-    if "skip_tokenizer_init" in inspect.signature(LLM).parameters:
-        return LLM(source.model_dir, dtype=source.dtype, skip_tokenizer_init=True, **options)
-    with mock.patch("pagedjax.engine._load_tokenizer", lambda path: None):
-        return LLM(source.model_dir, dtype=source.dtype, **options)
+    return LLM(source.model_dir, dtype=source.dtype, skip_tokenizer_init=not source.has_tokenizer, **options)
 
 
 def engine_config(llm) -> dict:
@@ -110,18 +100,9 @@ def observe_steps(engine, callback: Callable):
 
 
 def reset_prefix_cache(llm) -> None:
-    """Forgets every cached KV block, so a rerun of the same prompts computes them again.
-
-    NOTE: `LLM` has no `reset_prefix_cache()` (vLLM's) yet; until it has, an idle engine gets a
-    fresh `Scheduler` of the same configuration (its block manager forgets all hashes).
-    """
-    if hasattr(llm, "reset_prefix_cache"):
-        llm.reset_prefix_cache()
-        return
-    engine = llm.engine
-    if engine.has_unfinished_requests():
+    """Forgets every cached KV block, so a rerun of the same prompts computes them again."""
+    if not llm.reset_prefix_cache():
         raise RuntimeError("reset_prefix_cache needs an idle engine")
-    engine.scheduler = type(engine.scheduler)(engine.scheduler.config)
 
 
 def kv_figures(samples: list[tuple[int, int, int]], max_model_len: int, pool_slots: int) -> dict:

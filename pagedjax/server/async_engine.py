@@ -235,23 +235,15 @@ class AsyncEngine:
             self._send(loop, _put_all, items)
 
     def _recover_from_failed_step(self) -> None:
-        """After `step()` raised: abort every request in flight and close the scheduler's
-        pending step, so that the next `step()` starts clean."""
+        """After `step()` raised: make sure every request in flight is aborted. (`LLMEngine.step`
+        already aborts everything and resets itself when it raises `EngineStepError`; this also
+        covers any other exception.)"""
         engine = self._engine
         for request_id in list(self._tracked):
             try:
                 engine.abort_request(request_id)
             except Exception:
                 logger.exception("abort_request(%s) failed during recovery", request_id)
-        # NOTE: a step that raised between `schedule()` and `update()` leaves the scheduler
-        # waiting for that update; every request is aborted now, so an empty update closes it.
-        scheduler = getattr(engine, "scheduler", None)
-        pending = getattr(scheduler, "_in_flight", None)
-        if pending is not None:
-            try:
-                scheduler.update(pending, {})
-            except Exception:
-                logger.exception("could not close the failed step in the scheduler")
 
     def _fail_all(self, message: str) -> None:
         tracked, self._tracked = self._tracked, {}

@@ -103,3 +103,49 @@ def test_step_temporaries_do_not_scale_with_kv_pool(llama_dir):
             pool_bytes = mem["kv_pool_bytes"]
     assert temps[1024, True] == temps[4096, True] and temps[1024, False] == temps[4096, False], temps
     assert max(temps.values()) < 0.1 * pool_bytes, (temps, pool_bytes)
+
+
+def test_failed_step_aborts_everything_and_the_engine_recovers(llm, monkeypatch):
+    from pagedjax.engine import EngineStepError
+
+    engine = llm.engine
+    greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    (before,) = llm.generate("recover", greedy, use_tqdm=False)
+    engine.add_request("doomed", None, greedy, prompt_token_ids=[1, 2, 3])
+    real = engine.runner.execute
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("device fell over")
+
+    monkeypatch.setattr(engine.runner, "execute", boom)
+    with pytest.raises(EngineStepError, match="device fell over") as info:
+        engine.step()
+    assert info.value.aborted_request_ids == ["doomed"] and not engine.has_unfinished_requests()
+    monkeypatch.setattr(engine.runner, "execute", real)
+    (after,) = llm.generate("recover", greedy, use_tqdm=False)
+    assert after.outputs[0].token_ids == before.outputs[0].token_ids
+    stats = llm.stats()
+    assert stats["num_free_kv_blocks"] == stats["num_kv_blocks"]
+
+
+def test_reset_prefix_cache(llm):
+    prompt = {"prompt_token_ids": list(range(3, 60))}
+    greedy = SamplingParams(temperature=0.0, max_tokens=2)
+    llm.generate(prompt, greedy, use_tqdm=False)
+    hits = llm.stats()["prefix_cache_hits"]
+    llm.generate(prompt, greedy, use_tqdm=False)
+    assert llm.stats()["prefix_cache_hits"] > hits
+    assert llm.reset_prefix_cache()
+    hits = llm.stats()["prefix_cache_hits"]
+    llm.generate(prompt, greedy, use_tqdm=False)
+    assert llm.stats()["prefix_cache_hits"] == hits
+
+
+def test_skip_tokenizer_init(llama_dir):
+    llm = LLM(llama_dir, num_kv_blocks=16, max_model_len=64, skip_tokenizer_init=True)
+    assert llm.get_tokenizer() is None
+    (out,) = llm.generate({"prompt_token_ids": [1, 5, 9]}, SamplingParams(temperature=0.0, max_tokens=3),
+                          use_tqdm=False)
+    assert len(out.outputs[0].token_ids) == 3 and out.outputs[0].text == ""
+    with pytest.raises(ValueError, match="no tokenizer"):
+        llm.generate("text needs a tokenizer", use_tqdm=False)
