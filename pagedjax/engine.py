@@ -383,7 +383,7 @@ class LLMEngine:
             raise EngineStepError(f"engine step failed ({error!r}); aborted {len(aborted)} requests",
                                   aborted) from error
         t2 = time.perf_counter()
-        sampled = {s.request_id: [int(tok)] for s, tok in zip(sched.scheduled, result.token_ids) if s.sample}
+        sampled = {s.request_id: [tok] for s, tok in zip(sched.scheduled, result.token_ids.tolist()) if s.sample}
         update = self.scheduler.update(sched, sampled)
         if next_after is not None:
             self._record_prompt_logprobs(sched.scheduled, batch, result)
@@ -502,7 +502,7 @@ class LLMEngine:
     def _append(self, comp: _Completion, tokens: list[int], result, row: int) -> None:
         """Records a completion's new token(s): logprobs, text, stop strings."""
         comp.token_ids.extend(tokens)
-        comp.cumulative_logprob += float(result.logprobs[row])
+        comp.cumulative_logprob += result.logprob_list[row]
         if comp.logprobs is not None:
             comp.logprobs.append(self._logprob_entry(
                 result.top_ids[row], result.top_logprobs[row], tokens[0], float(result.logprobs[row]),

@@ -95,6 +95,11 @@ class StepResult:
     # token's logprob f32[T] and rank i32[T]; None unless the step computed them
     prompt: tuple | None = None
 
+    @functools.cached_property
+    def logprob_list(self) -> list[float]:
+        """`logprobs` as Python floats (one conversion for the whole batch)."""
+        return self.logprobs.tolist()
+
 
 @dataclasses.dataclass
 class SampleRows:
