@@ -127,6 +127,20 @@ def _to_device(array: np.ndarray, dtype, sharding: jax.sharding.Sharding | None)
     return jax.make_array_from_callback(array.shape, sharding, host_slice)
 
 
+def _check_match(source: str, cfg: ModelConfig, noun: str, missing: list, unexpected: list, misshapen: list,
+                 unexpected_note: str = "") -> None:
+    """Raises `CheckpointError` naming every missing, unexpected and misshapen entry of `source`."""
+    problems = []
+    if missing:
+        problems.append(f"missing {noun}: " + ", ".join(missing))
+    if unexpected:
+        problems.append(f"unexpected {noun}{unexpected_note}: " + ", ".join(unexpected))
+    if misshapen:
+        problems.append(f"misshapen {noun}: " + "; ".join(misshapen))
+    if problems:
+        raise CheckpointError(f"{source} does not match {cfg.architecture}: " + " | ".join(problems))
+
+
 def load_params(cfg: ModelConfig, model_dir: str, dtype,
                 sharding_for: Callable[[tuple], jax.sharding.Sharding] | None = None) -> tuple[nnx.GraphDef, nnx.State]:
     """Fills the model's parameters from `model_dir`'s safetensors files (or its orbax checkpoint,
@@ -166,16 +180,8 @@ def load_params(cfg: ModelConfig, model_dir: str, dtype,
             sharding = sharding_for(path) if sharding_for else None
             var.set_value(_to_device(array, var.get_value().dtype, sharding))
             loaded.add(name)
-    missing = sorted(set(targets) - loaded)
-    problems = []
-    if missing:
-        problems.append("missing tensors: " + ", ".join(missing))
-    if unexpected:
-        problems.append("unexpected tensors (not used by the model): " + ", ".join(unexpected))
-    if misshapen:
-        problems.append("misshapen tensors: " + "; ".join(misshapen))
-    if problems:
-        raise CheckpointError(f"checkpoint {model_dir} does not match {cfg.architecture}: " + " | ".join(problems))
+    _check_match(f"checkpoint {model_dir}", cfg, "tensors", sorted(set(targets) - loaded),
+                 unexpected, misshapen, unexpected_note=" (not used by the model)")
     return graphdef, nnx.from_flat_state(flat)
 
 
@@ -200,19 +206,10 @@ def restore_orbax_params(cfg: ModelConfig, model_dir: str, dtype,
         saved = checkpointer.metadata(path)
         saved = getattr(saved, "item_metadata", saved)  # orbax >= 0.11 wraps the tree
         saved_shapes = {name: tuple(m.shape) for name, m in dict(saved).items()}
-        problems = []
-        missing = sorted(set(target) - set(saved_shapes))
-        unexpected = sorted(set(saved_shapes) - set(target))
         misshapen = [f"{n}: checkpoint {saved_shapes[n]}, model expects {tuple(target[n].shape)}"
                      for n in sorted(set(target) & set(saved_shapes)) if saved_shapes[n] != tuple(target[n].shape)]
-        if missing:
-            problems.append("missing parameters: " + ", ".join(missing))
-        if unexpected:
-            problems.append("unexpected parameters: " + ", ".join(unexpected))
-        if misshapen:
-            problems.append("misshapen parameters: " + "; ".join(misshapen))
-        if problems:
-            raise CheckpointError(f"orbax checkpoint {path} does not match {cfg.architecture}: " + " | ".join(problems))
+        _check_match(f"orbax checkpoint {path}", cfg, "parameters", sorted(set(target) - set(saved_shapes)),
+                     sorted(set(saved_shapes) - set(target)), misshapen)
         restored = checkpointer.restore(path, target)
     for p, var in flat:
         var.set_value(restored[param_name(p)])

@@ -51,7 +51,6 @@ class _Completion:
     pending_children: list = dataclasses.field(default_factory=list)  # completions forking at the first sample
     finish_reason: str | None = None
     stop_reason: int | str | None = None
-    text: str = ""
 
 
 @dataclasses.dataclass(eq=False)
@@ -525,7 +524,6 @@ class LLMEngine:
         else:  # the parent finished on its first token
             finished = check_stop(request, self.max_model_len)
             if not finished:
-                request.skip_prefix_cache = False
                 self.scheduler.add_request(request)
         self._append(child, [token], result, row)
         if finished and child.finish_reason is None:

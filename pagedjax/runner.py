@@ -42,6 +42,11 @@ def pow2_buckets(smallest: int, largest: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def pow2_at_least(n: int, minimum: int) -> int:
+    """The smallest power of two >= n and >= minimum (open-ended buckets of rare step variants)."""
+    return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
 def pick_bucket(buckets: Sequence[int], n: int) -> int:
     for b in buckets:
         if b >= n:
@@ -213,7 +218,7 @@ class ModelRunner:
 
     def _seq_bucket(self, n: int) -> int:
         # beyond max_num_seqs only when forks add sampler rows: rare, compiled on demand
-        return pick_bucket(self.seq_buckets, n) if n <= self.seq_buckets[-1] else 1 << (n - 1).bit_length()
+        return pick_bucket(self.seq_buckets, n) if n <= self.seq_buckets[-1] else pow2_at_least(n, 1)
 
     def step_shape(self, num_tokens: int, num_seqs: int, max_blocks: int, decode_only: bool,
                    penalty_len: int = 0, suppress_len: int = 0, logprobs: bool = False,
@@ -229,8 +234,8 @@ class ModelRunner:
         return StepShape(
             num_tokens=tokens, num_seqs=seqs, table_width=pick_bucket(self.width_buckets, max(max_blocks, 1)),
             decode_only=decode_only,
-            penalty_len=pick_bucket(pow2_buckets(16, 1 << 30), penalty_len) if penalty_len else 0,
-            suppress_len=pick_bucket(pow2_buckets(4, 1 << 20), suppress_len) if suppress_len else 0,
+            penalty_len=pow2_at_least(penalty_len, 16) if penalty_len else 0,
+            suppress_len=pow2_at_least(suppress_len, 4) if suppress_len else 0,
             num_logprobs=MAX_LOGPROBS if logprobs else 0, prompt_logprobs=prompt_logprobs)
 
     def all_step_shapes(self) -> list[StepShape]:
@@ -299,7 +304,7 @@ class ModelRunner:
         """Applies copy-on-write block copies (src, dst) to the pool."""
         if not pairs:
             return
-        n = pick_bucket(pow2_buckets(4, 1 << 20), len(pairs))
+        n = pow2_at_least(len(pairs), 4)
         src = np.zeros(n, np.int32)
         dst = np.zeros(n, np.int32)
         src[: len(pairs)], dst[: len(pairs)] = zip(*pairs)
