@@ -55,10 +55,12 @@ def forward_logits(model: CausalLM, token_ids) -> jax.Array:
     return _all_logits(graphdef, state, jnp.asarray(token_ids, jnp.int32))
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
 def _sample(logits, temperature: float, key):
+    """f32 logits `[B, V]` -> i32 `[B]`: argmax when `temperature` is 0, else a categorical draw."""
     if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1)
-    return jax.random.categorical(key, logits / temperature, axis=-1)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
 
 
 class StaticGenerator:
@@ -72,18 +74,25 @@ class StaticGenerator:
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float = 0.0,
                  seed: int = 0, eos_token_ids: Sequence[int] = (), ignore_eos: bool = False,
-                 pad_batch_to: int | None = None) -> list[list[int]]:
-        """Generated token ids per prompt (the prompt excluded); stops at eos unless `ignore_eos`."""
+                 pad_batch_to: int | None = None, pad_prompt_to: int | None = None,
+                 cache_len: int | None = None) -> list[list[int]]:
+        """Generated token ids per prompt (the prompt excluded); stops at eos unless `ignore_eos`.
+
+        `pad_batch_to` / `pad_prompt_to` pad the batch and the prompt width beyond what the prompts
+        need, and `cache_len` (default `max_len`) sets the cache rows per sequence, so callers
+        can keep to a few compiled shapes.
+        """
         if not prompts:
             return []
+        cache_len = cache_len or self.max_len
         lengths = np.array([len(p) for p in prompts], np.int32)
         if lengths.min() < 1:
             raise ValueError("empty prompt")
-        if lengths.max() + max_new_tokens > self.max_len:
+        if lengths.max() + max_new_tokens > cache_len:
             raise ValueError(f"prompt ({lengths.max()}) + max_new_tokens ({max_new_tokens}) exceeds "
-                             f"max_len {self.max_len}")
+                             f"the cache length {cache_len}")
         batch = max(len(prompts), pad_batch_to or 0)
-        seq = int(lengths.max())
+        seq = max(int(lengths.max()), pad_prompt_to or 0)
         tokens = np.zeros((batch, seq), np.int32)
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = p
@@ -91,7 +100,7 @@ class StaticGenerator:
         last[: len(prompts)] = lengths - 1
         positions = np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq))
         cfg = self.config
-        cache = ContiguousKVCache.create(cfg.num_layers, batch, self.max_len, cfg.num_kv_heads, cfg.head_dim,
+        cache = ContiguousKVCache.create(cfg.num_layers, batch, cache_len, cfg.num_kv_heads, cfg.head_dim,
                                          self.cache_dtype)
         logits, cache = _prefill(self.graphdef, self.state, cache, tokens, positions, last)
         key = jax.random.key(seed)
@@ -101,8 +110,11 @@ class StaticGenerator:
         outputs: list[list[int]] = [[] for _ in prompts]
         done = np.zeros(len(prompts), bool)
         for step in range(max_new_tokens):
-            key, sub = jax.random.split(key)
-            next_ids = np.asarray(_sample(logits, temperature, sub)).astype(np.int32)
+            if temperature:
+                key, sub = jax.random.split(key)
+            else:
+                sub = key  # unused by greedy: no per-step key split on the host
+            next_ids = np.asarray(_sample(logits, temperature, sub))  # the host fetch ends the step
             for i in range(len(prompts)):
                 if not done[i]:
                     outputs[i].append(int(next_ids[i]))

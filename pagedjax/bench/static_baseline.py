@@ -17,22 +17,9 @@ from __future__ import annotations
 
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 from pagedjax.bench.common import rates
 from pagedjax.bench.datasets import Workload
-
-
-@jax.jit
-def _greedy(logits):
-    """f32 logits `[B, V]` -> i32 `[B]`."""
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-
-def _pow2_at_least(n: int, smallest: int = 16) -> int:
-    return max(smallest, 1 << (max(n, 1) - 1).bit_length())
+from pagedjax.runner import pow2_at_least
 
 
 def static_batches(workload: Workload, batch_size: int) -> list[dict]:
@@ -40,44 +27,10 @@ def static_batches(workload: Workload, batch_size: int) -> list[dict]:
     out = []
     for start in range(0, len(workload), batch_size):
         idx = list(range(start, min(start + batch_size, len(workload))))
-        width = _pow2_at_least(max(len(workload.prompts[i]) for i in idx))
+        width = pow2_at_least(max(len(workload.prompts[i]) for i in idx), 16)
         steps = max(workload.output_lens[i] for i in idx)
-        out.append(dict(indices=idx, width=width, steps=steps, cache_len=_pow2_at_least(width + steps)))
+        out.append(dict(indices=idx, width=width, steps=steps, cache_len=pow2_at_least(width + steps, 16)))
     return out
-
-
-class _Runner:
-    """Prefill + decode of one static batch with StaticGenerator's jitted functions."""
-
-    def __init__(self, generator, batch_size: int):
-        from models.attention import ContiguousKVCache
-        from pagedjax.static_generate import _decode, _prefill  # NOTE: no padding hook in StaticGenerator yet
-
-        self.gen, self.batch_size = generator, batch_size
-        self._prefill, self._decode, self._cache_cls = _prefill, _decode, ContiguousKVCache
-
-    def run(self, prompts: list, width: int, steps: int, cache_len: int) -> np.ndarray:
-        """Greedy tokens `i32[batch_size, steps]` for `prompts` (padded to the batch size with 1-token rows)."""
-        gen, b = self.gen, self.batch_size
-        tokens = np.zeros((b, width), np.int32)
-        lengths = np.ones(b, np.int32)
-        for i, p in enumerate(prompts):
-            tokens[i, : len(p)] = p
-            lengths[i] = len(p)
-        positions = np.broadcast_to(np.arange(width, dtype=np.int32), (b, width))
-        cfg = gen.config
-        cache = self._cache_cls.create(cfg.num_layers, b, cache_len, cfg.num_kv_heads, cfg.head_dim, gen.cache_dtype)
-        logits, cache = self._prefill(gen.graphdef, gen.state, cache, tokens, positions, lengths - 1)
-        out = np.zeros((b, steps), np.int32)
-        pos = lengths.copy()
-        for step in range(steps):
-            next_ids = _greedy(logits)
-            out[:, step] = np.asarray(next_ids)  # the host fetch synchronises the step
-            if step == steps - 1:
-                break
-            logits, cache = self._decode(gen.graphdef, gen.state, cache, next_ids, pos)
-            pos = pos + 1
-        return out
 
 
 def run_static(graphdef, params, workload: Workload, *, batch_size: int) -> dict:
@@ -89,18 +42,22 @@ def run_static(graphdef, params, workload: Workload, *, batch_size: int) -> dict
     model = nnx.merge(graphdef, params)
     batches = static_batches(workload, batch_size)
     generator = StaticGenerator(model, max_len=max(b["cache_len"] for b in batches))
-    runner = _Runner(generator, batch_size)
+
+    def run(prompts, width, steps, cache_len):  # greedy, every row padded to `steps` tokens
+        return generator.generate(prompts, steps, ignore_eos=True, pad_batch_to=batch_size, pad_prompt_to=width,
+                                  cache_len=cache_len)
+
     start = time.perf_counter()
     for shape in sorted({(b["width"], b["cache_len"]) for b in batches}):  # warm-up: compile every shape
-        runner.run([[0]], shape[0], 2, shape[1])
+        run([[0]], shape[0], 2, shape[1])
     warmup = time.perf_counter() - start
     token_ids: list[list[int]] = [[] for _ in range(len(workload))]
     computed = 0
     start = time.perf_counter()
     for b in batches:
-        out = runner.run([workload.prompts[i] for i in b["indices"]], b["width"], b["steps"], b["cache_len"])
+        out = run([workload.prompts[i] for i in b["indices"]], b["width"], b["steps"], b["cache_len"])
         for row, i in enumerate(b["indices"]):
-            token_ids[i] = out[row, : workload.output_lens[i]].tolist()
+            token_ids[i] = out[row][: workload.output_lens[i]]
         computed += len(b["indices"]) * b["steps"]
     elapsed = time.perf_counter() - start
     useful = sum(map(len, token_ids))
