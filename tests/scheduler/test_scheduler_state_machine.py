@@ -1,0 +1,156 @@
+"""Scheduler: a hypothesis state machine (add / step / abort / fork) whose finished outputs
+must equal an unconstrained reference run, with nothing leaked."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from scheduler import Request, RequestStatus, Scheduler, SchedulerConfig, StopCriteria
+from tests.scheduler.fake_runner import VOCAB, FakeRunner, reference
+
+
+# ------------------------------------------------------------ state machine
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """Random add / step / abort / fork on a small pool with small budgets; every
+    finished request must match the unconstrained reference, nothing may leak."""
+
+    @initialize(
+        num_blocks=st.integers(4, 16),
+        block_size=st.sampled_from([1, 2, 2, 4]),
+        budget=st.integers(1, 16),
+        max_num_seqs=st.integers(1, 4),
+        caching=st.booleans(),
+    )
+    def setup(self, num_blocks, block_size, budget, max_num_seqs, caching):
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                num_blocks=num_blocks,
+                max_model_len=24,
+                block_size=block_size,
+                max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=budget,
+                enable_prefix_caching=caching,
+            )
+        )
+        self.runner = FakeRunner(self.scheduler)
+        self.expected: dict[str, tuple] = {}
+        self.next_id = 0
+
+    def new_id(self) -> str:
+        self.next_id += 1
+        return f"r{self.next_id}"
+
+    def finish(self, request: Request) -> None:
+        assert (request.output_token_ids, request.finish_reason, request.stop_reason) == self.expected.pop(
+            request.request_id
+        )
+
+    @precondition(lambda self: hasattr(self, "scheduler"))
+    @rule(
+        # Mostly prompts that fit, some longer than max_model_len (rejected).
+        prompt=st.lists(st.integers(0, 2), min_size=1, max_size=16)
+        | st.lists(st.integers(0, 2), min_size=17, max_size=26),
+        max_tokens=st.integers(1, 10),
+        stop_token=st.none() | st.integers(0, VOCAB - 1),
+        eos=st.none() | st.integers(0, VOCAB - 1),
+        min_tokens=st.integers(0, 2),
+    )
+    def add(self, prompt, max_tokens, stop_token, eos, min_tokens):
+        stop = StopCriteria(
+            max_tokens=max_tokens,
+            min_tokens=min(min_tokens, max_tokens),
+            stop_token_ids=frozenset() if stop_token is None else frozenset({stop_token}),
+            eos_token_id=eos,
+        )
+        request = Request(self.new_id(), prompt, stop)
+        config = self.scheduler.config
+        kv_tokens = min(len(prompt) + max_tokens, max(config.max_model_len, len(prompt) + 1)) - 1
+        fits = len(prompt) <= config.max_model_len and -(-kv_tokens // config.block_size) <= config.num_blocks
+        if not fits:
+            with pytest.raises(ValueError):
+                self.scheduler.add_request(request)
+            return
+        self.scheduler.add_request(request)
+        self.expected[request.request_id] = reference(prompt, stop, config.max_model_len)
+
+    @precondition(lambda self: hasattr(self, "scheduler"))
+    @rule()
+    def step(self):
+        output = self.scheduler.schedule()
+        if output.preempted_request_ids:
+            event("preemption")
+        if output.blocks_to_copy:
+            event("copy-on-write")
+        if any(s.start_position and not s.sample for s in output.scheduled):
+            event("chunked prefill")
+        result = self.scheduler.update(output, self.runner.execute(output))
+        for request in result.finished:
+            self.finish(request)
+            if request.num_cached_tokens:
+                event("prefix hit")
+
+    @precondition(lambda self: hasattr(self, "scheduler") and self.expected)
+    @rule(data=st.data())
+    def abort(self, data):
+        request_id = data.draw(st.sampled_from(sorted(self.expected)))
+        request = self.scheduler.get_request(request_id)
+        assert self.scheduler.abort_request(request_id)
+        assert request.status is RequestStatus.FINISHED_ABORTED
+        del self.expected[request_id]
+
+    @precondition(lambda self: hasattr(self, "scheduler") and self.expected)
+    @rule(data=st.data(), bump=st.integers(1, VOCAB - 1))
+    def fork(self, data, bump):
+        """A child that replaces the parent's last output with another token."""
+        parent = self.scheduler.get_request(data.draw(st.sampled_from(sorted(self.expected))))
+        if parent.status is not RequestStatus.RUNNING or not parent.output_token_ids:
+            return
+        outputs = parent.output_token_ids[:-1] + [(parent.output_token_ids[-1] + bump) % VOCAB]
+        child = Request(self.new_id(), parent.prompt_token_ids, parent.stop, output_token_ids=outputs)
+        config = self.scheduler.config
+        event("fork")
+        if self.scheduler.fork_request(parent.request_id, child):
+            assert child.status.is_finished
+            assert (child.output_token_ids, child.finish_reason, child.stop_reason) == reference(
+                parent.prompt_token_ids, parent.stop, config.max_model_len, outputs
+            )
+        else:
+            self.expected[child.request_id] = reference(
+                parent.prompt_token_ids, parent.stop, config.max_model_len, outputs
+            )
+
+    @invariant()
+    def bookkeeping(self):
+        if not hasattr(self, "scheduler"):
+            return
+        scheduler, bm = self.scheduler, self.scheduler.block_manager
+        bm.check_invariants()
+        assert scheduler.num_running + scheduler.num_waiting == len(self.expected)
+        for request in scheduler._running:
+            assert request.status is RequestStatus.RUNNING
+            assert len(bm.block_table(request.request_id)) == -(-request.num_computed_tokens // bm.block_size)
+            assert request.num_computed_tokens < request.num_tokens <= scheduler.config.max_model_len
+        for request in scheduler._waiting:
+            assert request.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+            assert not bm.has_blocks(request.request_id) and request.num_computed_tokens == 0
+
+    def teardown(self):
+        if not hasattr(self, "scheduler"):
+            return
+        for _ in range(2000):
+            if not self.scheduler.has_unfinished_requests():
+                break
+            self.step()
+        assert not self.expected
+        assert self.scheduler.block_manager.num_free_blocks == self.scheduler.config.num_blocks
+
+
+TestSchedulerMachine = SchedulerMachine.TestCase
+TestSchedulerMachine.settings = settings(
+    max_examples=100, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
