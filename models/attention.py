@@ -1,15 +1,19 @@
 """KV caches the shared attention layer writes to and attends over.
 
-A cache is a pytree with one method, `attend(layer, q, k, v, positions, sm_scale) -> (out, cache)`:
+A cache is a pytree with one method,
+`attend(layer, q, k, v, positions, spec, *, alibi_slopes=None, sinks=None) -> (out, cache)`:
 it stores the new `k`/`v` of this forward pass for `layer` and returns attention of `q` over
-everything cached so far (causal). Two implementations share the model code:
+everything cached so far (causal), as the layer's `AttentionSpec` says (scale, sliding window,
+soft-cap, ALiBi with per-head `alibi_slopes` f32[Hq], learned per-head `sinks` f32[Hq]).
+Two implementations share the model code:
 
 - `PagedKVCache`: the engine's cache. Tokens are packed `[num_tokens, ...]` across sequences;
   K/V live in one pool `[num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim]`
   addressed through block tables (`PagedAttentionMetadata`). Backends: `"reference"` (jnp
   gather), `"pallas"` (compiled kernels) and `"pallas_interpret"` (the kernels in interpret mode).
-- `ContiguousKVCache`: a per-sequence contiguous cache `[num_layers, batch, max_len, ...]` for
-  static batches `[batch, seq]`: the simple generation path and the `jax-static` baseline.
+- `ContiguousKVCache` (models/contiguous_cache.py): a per-sequence contiguous cache
+  `[num_layers, batch, max_len, ...]` for static batches `[batch, seq]`: the simple generation
+  path, the logits oracle of the model tests and the `jax-static` baseline.
 
 Tensor parallelism: with `metadata.mesh` set, the KV write and the attention run under
 `shard_map` over the mesh's `tp` axis. q arrives sharded on its head axis, the pool on its
@@ -26,6 +30,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
 import pallas_kernels as pk
+from pallas_kernels.attention_spec import AttentionSpec
 from models.sharding import TP_AXIS, shard_map
 
 BACKENDS = ("reference", "pallas", "pallas_interpret")
@@ -57,9 +62,12 @@ class PagedKVCache:
     kv_pool: jax.Array  # [num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim]
     metadata: PagedAttentionMetadata
 
-    def attend(self, layer: int, q, k, v, positions, sm_scale: float):
+    def attend(self, layer: int, q, k, v, positions, spec: AttentionSpec, *, alibi_slopes=None, sinks=None):
         """q `[T, Hq, D]`, k/v `[T, Hkv, D]` -> (`[T, Hq, D]`, updated cache)."""
         del positions  # encoded in the metadata
+        if not spec.is_plain or alibi_slopes is not None or sinks is not None:
+            raise NotImplementedError(f"the paged kernels do not support {spec} yet")
+        sm_scale = spec.sm_scale
         m = self.metadata
         if m.mesh is None:
             out, pool = _write_and_attend(self.kv_pool, layer, q, k, v, m, sm_scale)
@@ -117,42 +125,3 @@ def _sharded_write_and_attend(kv_pool, layer: int, q, k, v, m: PagedAttentionMet
     fn = shard_map(local, m.mesh, in_specs=(P(None, None, TP_AXIS), heads, kv_spec, kv_spec, meta_spec),
                    out_specs=(heads, P(None, None, TP_AXIS)))
     return fn(kv_pool, q, k, v, local_meta)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class ContiguousKVCache:
-    """A contiguous cache per sequence of a static batch; position p of sequence b is row p."""
-
-    k: jax.Array  # [num_layers, batch, max_len, num_kv_heads, head_dim]
-    v: jax.Array  # [num_layers, batch, max_len, num_kv_heads, head_dim]
-
-    @classmethod
-    def create(cls, num_layers, batch, max_len, num_kv_heads, head_dim, dtype):
-        shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-
-    def attend(self, layer: int, q, k, v, positions, sm_scale: float):
-        """q `[B, T, Hq, D]`, k/v `[B, T, Hkv, D]`, positions `i32[B, T]` -> (`[B, T, Hq, D]`, cache).
-
-        Tokens are written at their positions (positions >= max_len are dropped); a query at
-        position p attends to rows <= p, so rows written by padding beyond a sequence's end are
-        overwritten before any query can see them.
-        """
-        batch, seq = positions.shape
-        rows = jnp.broadcast_to(jnp.arange(batch)[:, None], (batch, seq))  # [B, T]
-        kc = self.k.at[layer, rows, positions].set(k.astype(self.k.dtype), mode="drop")
-        vc = self.v.at[layer, rows, positions].set(v.astype(self.v.dtype), mode="drop")
-        keys, values = kc[layer], vc[layer]  # [B, S, Hkv, D]
-        num_kv_heads, head_dim = keys.shape[-2:]
-        group = q.shape[-2] // num_kv_heads
-        qg = q.reshape(batch, seq, num_kv_heads, group, head_dim)  # [B, T, Hkv, G, D]
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32) * sm_scale
-        key_pos = jnp.arange(keys.shape[1])  # [S]
-        visible = key_pos[None, None, :] <= positions[:, :, None]  # [B, T, S]
-        scores = jnp.where(visible[:, None, None], scores, -jnp.inf)
-        probs = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(values.dtype), values,
-                         preferred_element_type=jnp.float32)
-        out = out.reshape(batch, seq, num_kv_heads * group, head_dim).astype(q.dtype)
-        return out, ContiguousKVCache(kc, vc)

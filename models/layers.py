@@ -14,6 +14,7 @@ from flax import nnx
 
 from models.config import ModelConfig
 from models.rope import apply_rope, rope_cos_sin
+from pallas_kernels.attention_spec import AttentionSpec
 
 _INIT = nnx.initializers.normal(stddev=0.02)
 
@@ -60,7 +61,7 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out, cache = cache.attend(layer, q, k, v, positions, self.head_dim ** -0.5)
+        out, cache = cache.attend(layer, q, k, v, positions, AttentionSpec(sm_scale=self.head_dim ** -0.5))
         return self.o_proj(out.reshape(*lead, self.num_heads * self.head_dim)), cache
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.attention import ContiguousKVCache
+from models.contiguous_cache import ContiguousKVCache
 from models.layers import CausalLM
 
 

@@ -4,6 +4,7 @@ mode elsewhere) and the plain-jnp references that are also the CPU fast path.
 KV pool layout: [num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim] (index 0 = K).
 """
 
+from pallas_kernels.attention_spec import AttentionSpec
 from pallas_kernels._common import SUPPORTED_BLOCK_SIZES, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS
 from pallas_kernels.kv_cache import write_kv, write_kv_to_pool
 from pallas_kernels.lowering import lower_for_cuda
@@ -13,6 +14,7 @@ from pallas_kernels.ragged_paged_attention import (
     ragged_paged_attention, ragged_paged_attention_from_pool, ragged_paged_attention_reference)
 
 __all__ = [
+    "AttentionSpec",
     "SUPPORTED_BLOCK_SIZES",
     "SUPPORTED_DTYPES",
     "SUPPORTED_HEAD_DIMS",
