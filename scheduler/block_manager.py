@@ -74,6 +74,8 @@ class BlockManager:
         # Per sequence: token positions that have a slot (computed or being computed).
         self._num_slotted_tokens: dict[str, int] = {}
         self._copies: list[tuple[int, int]] = []
+        # Per sequence: the first block-table index changed since `pop_table_change`.
+        self._changed_from: dict[str, int] = {}
         self.prefix_cache_queries = 0  # tokens of admitted requests looked up
         self.prefix_cache_hits = 0  # of those, tokens found in the cache
 
@@ -188,7 +190,8 @@ class BlockManager:
             start = request.num_computed_tokens
             end = start + num_new_tokens
             first = start // bs
-            if 0 < num_new_tokens and end <= len(request.all_token_ids) and (end - 1) // bs == first < len(table):
+            if (0 < num_new_tokens and end <= len(request.all_token_ids) + request.num_output_placeholders
+                    and (end - 1) // bs == first < len(table)):
                 if self._ref_counts[table[first]] == 1:
                     self._num_slotted_tokens[request_id] = end
                     return table
@@ -199,9 +202,10 @@ class BlockManager:
             raise ValueError(f"{request_id}: computed blocks are only for a sequence without blocks")
         start = request.num_computed_tokens + len(computed_blocks) * bs
         end = start + num_new_tokens
-        if end > len(request.all_token_ids):
+        if end > request.num_tokens_with_placeholders:
             raise ValueError(
-                f"{request_id}: slots for positions up to {end} but it has {len(request.all_token_ids)} tokens"
+                f"{request_id}: slots for positions up to {end} but it has {request.num_tokens_with_placeholders} "
+                f"tokens (in flight included)"
             )
         num_required = cdiv(end, bs)
         ref_counts = self._ref_counts
@@ -214,6 +218,7 @@ class BlockManager:
         if num_fresh + len(copy_on_write) + num_hits_in_free_queue > len(self._free):
             return None
 
+        changed_from = num_held
         if table is None:
             table = self._tables[request_id] = []
             self._num_registered[request_id] = len(computed_blocks)
@@ -225,6 +230,8 @@ class BlockManager:
                 del self._free[block_id]
             ref_counts[block_id] += 1
             table.append(block_id)
+        if copy_on_write:
+            changed_from = copy_on_write[0]
         for i in copy_on_write:
             src, dst = table[i], self._pop_free()
             ref_counts[src] -= 1  # still >= 1: it was shared
@@ -237,17 +244,25 @@ class BlockManager:
             table.append(block_id)
         if end > self._num_slotted_tokens.get(request_id, 0):
             self._num_slotted_tokens[request_id] = end
+        if changed_from < len(table):
+            previous = self._changed_from.get(request_id)
+            self._changed_from[request_id] = changed_from if previous is None else min(previous, changed_from)
         return table
 
+    def pop_table_change(self, request_id: str) -> int | None:
+        """The first index of `request_id`'s block table that changed (blocks appended or
+        replaced by copy-on-write) since the last call, or None if none did; resets it."""
+        return self._changed_from.pop(request_id, None)
+
     def cache_full_blocks(self, request: Request) -> None:
-        """Register in the prefix cache the blocks of `request` that are now full and
-        computed (the first `num_computed_tokens // block_size`). Call after the
-        step's KV is written. A block whose hash is already cached elsewhere stays
-        unregistered (one block per hash)."""
+        """Register in the prefix cache the blocks of `request` that are now full, computed
+        (scheduled: a later step reading them runs after the step writing them) and whose
+        tokens are all known: the first `min(num_computed_tokens, num_tokens) // block_size`.
+        A block whose hash is already cached elsewhere stays unregistered (one block per hash)."""
         if not self.enable_prefix_caching:
             return
         request_id = request.request_id
-        num_full = request.num_computed_tokens // self.block_size
+        num_full = min(request.num_computed_tokens, len(request.all_token_ids)) // self.block_size
         done = self._num_registered.get(request_id)
         if done is None or num_full <= done:
             return
@@ -262,22 +277,23 @@ class BlockManager:
                 self._block_hash[block_id] = hashes[i]
         self._num_registered[request_id] = num_full
 
-    def fork(self, parent: Request, child: Request) -> None:
-        """`child` shares all of `parent`'s blocks (ref counts + 1). The caller gives
-        the child the parent's `num_computed_tokens`; the child's tokens must equal the
-        parent's up to there (they may differ after, e.g. another sampled token)."""
+    def fork(self, parent: Request, child: Request, num_shared_tokens: int) -> None:
+        """`child` shares the blocks of `parent` that hold its first `num_shared_tokens`
+        positions (ref counts + 1); the caller gives the child that many computed tokens,
+        which must equal the parent's (they differ after, e.g. another sampled token)."""
         if child.request_id in self._tables:
             raise ValueError(f"{child.request_id} already holds blocks")
         table = self._tables.get(parent.request_id)
         if table is None:
             return
-        for block_id in table:
+        shared = table[: cdiv(num_shared_tokens, self.block_size)]
+        for block_id in shared:
             self._ref_counts[block_id] += 1
-        self._tables[child.request_id] = list(table)
-        self._num_registered[child.request_id] = self._num_registered[parent.request_id]
-        self._num_slotted_tokens[child.request_id] = self._num_slotted_tokens[parent.request_id]
+        self._tables[child.request_id] = list(shared)
+        num_shared_full = num_shared_tokens // self.block_size
+        self._num_registered[child.request_id] = min(self._num_registered[parent.request_id], num_shared_full)
+        self._num_slotted_tokens[child.request_id] = num_shared_tokens
         # Hashes of the blocks fully inside the shared, computed prefix carry over.
-        num_shared_full = parent.num_computed_tokens // self.block_size
         if len(child.block_hashes) < num_shared_full:
             child.block_hashes = parent.block_hashes[:num_shared_full]
 
@@ -285,6 +301,7 @@ class BlockManager:
         """Drop the sequence's table: each block loses one ref; blocks reaching 0 go
         to the free queue's tail, last block first. Unknown ids are a no-op."""
         table = self._tables.pop(request_id, None)
+        self._changed_from.pop(request_id, None)
         self._num_registered.pop(request_id, None)
         self._num_slotted_tokens.pop(request_id, None)
         if table is None:
