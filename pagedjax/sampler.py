@@ -17,29 +17,76 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-MAX_LOGPROBS = 20
+from pagedjax.config import MAX_LOGPROBS  # noqa: F401  (re-exported)
+
+INT32_MAX = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CompletionSampling:
+    """What the runner needs to sample one completion (built by the engine per completion).
+
+    params: the request's SamplingParams. seed: this completion's own seed (completion 0 of a
+    seeded request has the request's; others derive theirs from it), None = unseeded.
+    suppress_ids: token ids forbidden while fewer than `params.min_tokens` were generated (the
+    EOS and stop tokens). prompt_logprobs: also return the prompt tokens' logprobs.
+    """
+
+    params: object  # pagedjax.sampling_params.SamplingParams
+    seed: int | None = None
+    suppress_ids: tuple[int, ...] = ()
+
+    @property
+    def uses_penalties(self) -> bool:
+        p = self.params
+        return p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 or p.repetition_penalty != 1.0
+
+
+def _column(dtype, fill, of=None, width=None):
+    """A SamplingTensors field: its host dtype, the value of padding rows, and either `of` (the
+    value of a completion's row, from its CompletionSampling: a persistent column) or `width`
+    (a per-step 2-D field: which padded width it has)."""
+    return dataclasses.field(metadata=dict(dtype=np.dtype(dtype), fill=fill, of=of, width=width))
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SamplingTensors:
-    """Per-row sampling parameters of one step (rows = sampled sequences, padded)."""
+    """Per-row sampling parameters of one step (rows = sampled sequences, padded). The one
+    declaration of the sampling fields: the runner's persistent columns, the step's abstract
+    arguments and the padding values all read the field metadata."""
 
-    temperature: jax.Array  # f32[S]; 0 = greedy
-    top_k: jax.Array  # i32[S]; 0 = off
-    top_p: jax.Array  # f32[S]; 1 = off
-    min_p: jax.Array  # f32[S]; 0 = off
-    presence_penalty: jax.Array  # f32[S]
-    frequency_penalty: jax.Array  # f32[S]
-    repetition_penalty: jax.Array  # f32[S]; 1 = off
-    seed: jax.Array  # u32[S]; used where has_seed
-    has_seed: jax.Array  # bool[S]
-    sample_index: jax.Array  # i32[S]: tokens this completion has generated so far
-    suppress_tokens: jax.Array  # i32[S, E]: token ids forced to -inf (min_tokens' EOS/stop ids), -1 = none
+    temperature: jax.Array = _column(np.float32, 0.0, lambda c: c.params.temperature)  # f32[S]; 0 = greedy
+    top_k: jax.Array = _column(np.int32, 0, lambda c: min(c.params.top_k, INT32_MAX))  # i32[S]; 0 = off
+    top_p: jax.Array = _column(np.float32, 1.0, lambda c: c.params.top_p)  # f32[S]; 1 = off
+    min_p: jax.Array = _column(np.float32, 0.0, lambda c: c.params.min_p)  # f32[S]; 0 = off
+    presence_penalty: jax.Array = _column(np.float32, 0.0, lambda c: c.params.presence_penalty)  # f32[S]
+    frequency_penalty: jax.Array = _column(np.float32, 0.0, lambda c: c.params.frequency_penalty)  # f32[S]
+    repetition_penalty: jax.Array = _column(np.float32, 1.0, lambda c: c.params.repetition_penalty)  # f32[S]; 1 = off
+    seed: jax.Array = _column(np.uint32, 0, lambda c: (c.seed or 0) & 0xFFFFFFFF)  # u32[S]; used where has_seed
+    has_seed: jax.Array = _column(np.bool_, False, lambda c: c.seed is not None)  # bool[S]
+    sample_index: jax.Array = _column(np.int32, 0)  # i32[S]: tokens this completion has generated so far
+    # i32[S, E]: token ids forced to -inf (min_tokens' EOS/stop ids), -1 = none
+    suppress_tokens: jax.Array = _column(np.int32, -1, width="suppress")
     # i32[S, P] ids whose counts drive the penalties (-1 = padding); P = 0 when no row uses penalties.
-    prompt_tokens: jax.Array  # repetition penalty only (prompt tokens)
-    output_tokens: jax.Array  # all three penalties (generated tokens)
+    prompt_tokens: jax.Array = _column(np.int32, -1, width="penalty")  # repetition penalty only (prompt tokens)
+    output_tokens: jax.Array = _column(np.int32, -1, width="penalty")  # all three penalties (generated tokens)
+
+
+    def replace_pending(self, pending):
+        """`output_tokens` with each PENDING entry replaced by its row's `pending` token
+        (i32[S], -1 = none): the sample of the previous step, still on the device."""
+        out = jnp.where(self.output_tokens == PENDING, pending[:, None], self.output_tokens)
+        return dataclasses.replace(self, output_tokens=out)
+
+
+# An output_tokens entry the device fills in: the token sampled by the previous step (async).
+PENDING = -2
+SAMPLING_FIELDS = dataclasses.fields(SamplingTensors)
+# The persistent per-completion columns (their value depends only on the completion).
+REQUEST_COLUMNS = tuple(f for f in SAMPLING_FIELDS if f.metadata["of"] is not None)
 
 
 def apply_penalties(logits, t: SamplingTensors):

@@ -93,6 +93,8 @@ class Scheduler:
         # (the runner drops their state).
         self._finished_ids: list[str] = []
         self._preempted_ids: list[str] = []
+        # Requests of failed steps, each to run alone once (in order) to find a culprit.
+        self._suspects: deque[str] = deque()
 
     # ------------------------------------------------------------- requests
 
@@ -248,6 +250,10 @@ class Scheduler:
         """
         if len(self._in_flight) > 1:
             raise RuntimeError("schedule() called again before update() of the previous SchedulerOutput")
+        while self._suspects and self._suspects[0] not in self._requests:
+            self._suspects.popleft()
+        if self._suspects:
+            return self._schedule_alone(self._requests[self._suspects[0]])
         config = self.config
         block_manager = self.block_manager
         allocate = block_manager.allocate_slots
@@ -340,6 +346,49 @@ class Scheduler:
         self._in_flight.append(output)
         return output
 
+    def _schedule_alone(self, request: Request) -> SchedulerOutput:
+        """A step of `request` alone (a suspect after a failed step), one step at a time; other
+        running requests are preempted if it needs their blocks."""
+        if self._in_flight:
+            return SchedulerOutput((), (), (), (), (), 0)
+        preempted: list[str] = []
+        if request.status is not _RUNNING:
+            self._waiting.remove(request)
+            computed, num_cached = ([], 0) if request.skip_prefix_cache else \
+                self.block_manager.get_computed_blocks(request)
+            request.num_computed_tokens = 0
+        else:
+            computed, num_cached = [], request.num_computed_tokens
+        start = num_cached
+        total = len(request.all_token_ids)
+        num_new = min(total - start, self.config.max_num_batched_tokens)
+        block_ids = self.block_manager.allocate_slots(request, num_new, computed)
+        others = [r for r in self._running if r is not request]
+        while block_ids is None and others:
+            victim = others.pop()
+            self._running.remove(victim)
+            self._preempt(victim)
+            preempted.append(victim.request_id)
+            block_ids = self.block_manager.allocate_slots(request, num_new, computed)
+        if block_ids is None:  # NOTE: cannot happen: add_request checked it fits the whole pool
+            raise RuntimeError(f"{request.request_id} does not fit the KV pool alone")
+        if request.status is not _RUNNING:
+            if request.status is RequestStatus.WAITING:
+                request.num_cached_tokens = num_cached
+            request.status = _RUNNING
+            request.new_to_runner = True
+            self._running.append(request)
+        new_requests: list[NewRequestData] = []
+        scheduled = self._scheduled(request, start, num_new, total, block_ids, self.block_manager.pop_table_change,
+                                    new_requests)
+        self._preempted_ids.extend(preempted)
+        finished_ids, self._finished_ids = tuple(self._finished_ids), []
+        preempted_ids, self._preempted_ids = tuple(self._preempted_ids), []
+        output = SchedulerOutput((scheduled,), tuple(new_requests), tuple(self.block_manager.take_copies()),
+                                 preempted_ids, finished_ids, num_new)
+        self._in_flight.append(output)
+        return output
+
     @staticmethod
     def _scheduled(request: Request, start: int, num_new: int, total: int, block_ids: list[int], pop_change,
                    new_requests: list[NewRequestData]) -> ScheduledRequest:
@@ -396,6 +445,9 @@ class Scheduler:
         if missing:
             raise ValueError(f"update(): no sampled token for {missing[0]!r}, which had to sample")
         self._in_flight.popleft()
+        if self._suspects and len(scheduler_output.scheduled) == 1 \
+                and scheduler_output.scheduled[0].request_id == self._suspects[0]:
+            self._suspects.popleft()  # it ran alone without failing: not the culprit
         cache_full_blocks = self.block_manager.cache_full_blocks
         max_model_len = self.config.max_model_len
         block_size = self.config.block_size
@@ -445,8 +497,10 @@ class Scheduler:
     def recover_from_failure(self) -> list[str]:
         """After a step failed on the device (the KV pool and every step in flight are lost):
         every request keeps its known tokens and recomputes from scratch, the prefix cache is
-        emptied, and the requests of the lost steps count a failed step
-        (`num_failed_steps`). Returns those requests' ids."""
+        emptied, and the requests of the lost steps count a failed step (`num_failed_steps`)
+        and become suspects: each runs alone for one step before anything else is scheduled, so
+        a request that fails alone is known to be the culprit (the caller aborts it). Returns
+        the lost steps' request ids."""
         lost = list(dict.fromkeys(s.request_id for out in self._in_flight for s in out.scheduled))
         self._in_flight.clear()
         for request in reversed(self._running):
@@ -463,6 +517,8 @@ class Scheduler:
         for request_id in lost:
             if request_id in self._requests:
                 self._requests[request_id].num_failed_steps += 1
+                if request_id not in self._suspects:
+                    self._suspects.append(request_id)
         return lost
 
     # ---------------------------------------------------------------- stats

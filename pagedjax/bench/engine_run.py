@@ -163,7 +163,7 @@ def run_engine(llm, workload: Workload, *, tag: str = "bench", probe_kv: bool = 
     def probe(so) -> None:
         nonlocal probe_seconds
         t = time.perf_counter()
-        kinds.append((all(len(s.token_ids) == 1 for s in so.scheduled), so.num_batched_tokens))
+        kinds.append((all(s.num_tokens == 1 for s in so.scheduled), so.num_batched_tokens))
         if probe_kv:
             allocated, filled = sched.kv_slot_usage()
             samples.append((allocated, filled, sched.num_running))

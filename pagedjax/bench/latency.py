@@ -60,10 +60,10 @@ def run_iteration(llm, batch: int, input_len: int, output_len: int, rng: np.rand
 
     def on_step(so) -> None:
         records.append(dict(
-            decode=all(len(s.token_ids) == 1 for s in so.scheduled) and all(
+            decode=all(s.num_tokens == 1 for s in so.scheduled) and all(
                 s.start_position >= input_len for s in so.scheduled),
-            num_seqs=len(so.scheduled), kv_tokens=sum(s.start_position + len(s.token_ids) for s in so.scheduled),
-            first_tokens=sum(1 for s in so.scheduled if s.sample and s.start_position + len(s.token_ids) == input_len)))
+            num_seqs=len(so.scheduled), kv_tokens=sum(s.start_position + s.num_tokens for s in so.scheduled),
+            first_tokens=sum(1 for s in so.scheduled if s.sample and s.start_position + s.num_tokens == input_len)))
 
     compile0 = runner.compile_seconds
     first_token_times = []

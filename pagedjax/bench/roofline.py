@@ -99,8 +99,8 @@ def decode_roofline(llm, batch: int, context: int, *, bytes_per_s: float, steps:
     records: list[dict] = []
 
     def on_step(so) -> None:
-        records.append(dict(num_seqs=len(so.scheduled), decode=all(len(s.token_ids) == 1 for s in so.scheduled),
-                            kv_tokens=sum(s.start_position + len(s.token_ids) for s in so.scheduled)))
+        records.append(dict(num_seqs=len(so.scheduled), decode=all(s.num_tokens == 1 for s in so.scheduled),
+                            kv_tokens=sum(s.start_position + s.num_tokens for s in so.scheduled)))
 
     for i in range(batch):
         ids = rng.integers(0, cfg.vocab_size, size=context).tolist()

@@ -7,9 +7,10 @@ call per step, into the asyncio queue ("sink") each request was added with. Item
 are `(request_id, RequestOutput)` (cumulative text and tokens, as the engine streams them) or
 `(request_id, EngineRequestError)`.
 
-A request whose `add_request` raises fails alone (ValueError: the caller's input). If
-`engine.step()` raises, the step cannot be pinned on one request: every request in flight is
-aborted (freeing its KV blocks) and failed with `EngineRequestError`, and the loop goes on.
+A request whose `add_request` raises fails alone (ValueError: the caller's input). If a
+step fails, the engine recomputes its requests (each alone first); only a request that fails
+alone is aborted (`EngineStepError`) and failed with `EngineRequestError`. Any other error of
+`engine.step()` fails every request in flight, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -214,8 +215,14 @@ class AsyncEngine:
                     self._metrics.request_finished("abort")
 
     def _step(self) -> None:
+        from pagedjax.engine import EngineStepError
+
         try:
             outputs = self._engine.step()
+        except EngineStepError as error:  # a request failed a step alone: it alone fails
+            logger.error("%s", error)
+            self._fail(error.aborted_request_ids, f"the engine failed while serving this request: {error}")
+            return
         except Exception as error:
             logger.exception("engine step failed; failing the %d requests in flight", len(self._tracked))
             self._recover_from_failed_step()
@@ -246,7 +253,11 @@ class AsyncEngine:
                 logger.exception("abort_request(%s) failed during recovery", request_id)
 
     def _fail_all(self, message: str) -> None:
-        tracked, self._tracked = self._tracked, {}
+        self._fail(list(self._tracked), message)
+
+    def _fail(self, request_ids: list[str], message: str) -> None:
+        """Aborts these requests and delivers `EngineRequestError(message)` to their sinks."""
+        tracked = {rid: self._tracked.pop(rid) for rid in request_ids if rid in self._tracked}
         deliveries: dict[asyncio.AbstractEventLoop, list] = {}
         for request_id, t in tracked.items():
             try:

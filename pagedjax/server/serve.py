@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import jax
 import uvicorn
 from fastapi import FastAPI
 
@@ -51,9 +52,14 @@ def build_server_app(engine_config: EngineConfig, options: ServerOptions, on_rea
     engine = LLMEngine(engine_config)
     if precompile:  # NOTE: before the engine thread exists, so this thread may use the engine
         start = time.perf_counter()
-        count = engine.runner.precompile()
-        print(f"pagedjax: compiled {count} step shapes in {time.perf_counter() - start:.1f} s", file=sys.stderr,
-              flush=True)
+
+        def progress(done: int, total: int) -> None:
+            print(f"\rpagedjax: compiling step shapes {done}/{total} ({time.perf_counter() - start:.1f} s)",
+                  end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+        count = engine.runner.precompile(progress=progress)
+        print(f"pagedjax: compiled {count} new step shapes in {time.perf_counter() - start:.1f} s "
+              f"(persistent compilation cache: {jax.config.jax_compilation_cache_dir})", file=sys.stderr, flush=True)
     metrics = ServerMetrics(names[0])
     return build_app(AsyncEngine(engine, metrics), model_names=names, model_root=engine_config.model,
                      api_key=options.api_key, metrics=metrics, on_ready=on_ready)

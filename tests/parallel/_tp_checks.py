@@ -25,7 +25,7 @@ from models.config import ModelConfig
 from models.loader import _to_device
 from models.presets import random_params
 from models.sharding import TP_AXIS, make_mesh, param_sharding_fn
-import pagedjax.engine
+import pagedjax.runner
 from pagedjax import LLM
 from pagedjax.convert import convert_checkpoint
 from pagedjax.runner import ModelRunner
@@ -203,7 +203,7 @@ def test_kv_pool_is_sized_from_the_tightest_devices_free_memory(checkpoint_facto
     """The GPU sizing path, on CPU devices made to report memory: with tensor parallelism each
     device holds 1/N of every block, and the device with the least free memory decides."""
     limit, in_use = 32 << 20, {0: 1 << 20, 1: 9 << 20}  # device 1 is the tight one
-    monkeypatch.setattr(pagedjax.engine, "device_memory_stats", lambda devices: [
+    monkeypatch.setattr(pagedjax.runner, "device_memory_stats", lambda devices: [
         dict(bytes_limit=limit, bytes_in_use=in_use[d.id]) for d in devices])
     llm = LLM(checkpoint_factory("llama"), tensor_parallel_size=2, gpu_memory_utilization=0.5,
               max_model_len=256, max_num_seqs=256, max_num_batched_tokens=64)

@@ -47,14 +47,14 @@ def slowed_engine(server, seconds_per_step: float):
     can act while a request is surely still running. NOTE: an instance attribute on the runner,
     read by the engine thread at each step; removed afterwards."""
     runner = server.app.state.server.engine._engine.runner
-    original = runner.execute
+    original = runner.execute_model
 
     def slow(*args, **kwargs):
         time.sleep(seconds_per_step)
         return original(*args, **kwargs)
 
-    runner.execute = slow
+    runner.execute_model = slow
     try:
         yield
     finally:
-        del runner.execute
+        del runner.execute_model

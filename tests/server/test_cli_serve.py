@@ -18,7 +18,7 @@ import pytest
 
 START_TIMEOUT_S = 240
 SERVE_OPTIONS = ["--port", "0", "--max-model-len", "256", "--num-kv-blocks", "32", "--max-num-seqs", "8",
-                 "--max-num-batched-tokens", "128", "--log-level", "warning"]
+                 "--max-num-batched-tokens", "128", "--log-level", "warning", "--no-precompile"]
 
 
 class Served:

@@ -143,7 +143,7 @@ def test_engine_failures_are_500_and_the_server_keeps_serving(server, client, ht
     request = dict(model=MODEL, prompt="Simple is better", max_tokens=8, temperature=0.0)
     wait_until_idle(http)
     # the model step fails between the scheduler's schedule() and update()
-    with failing(engine.runner, "execute", RuntimeError("injected step failure")):
+    with failing(engine.runner, "execute_model", RuntimeError("injected step failure")):
         with pytest.raises(openai.InternalServerError) as info:
             client.completions.create(**request)
     error = error_of(info.value)
@@ -151,7 +151,7 @@ def test_engine_failures_are_500_and_the_server_keeps_serving(server, client, ht
     with failing(engine, "add_request", RuntimeError("injected add failure")):
         with pytest.raises(openai.InternalServerError):
             client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
-    with failing(engine.runner, "execute", RuntimeError("injected mid-stream failure"), after_calls=3):
+    with failing(engine.runner, "execute_model", RuntimeError("injected mid-stream failure"), after_calls=3):
         stream = client.completions.create(stream=True, **request)
         with pytest.raises(openai.APIError, match="injected mid-stream failure"):
             for _ in stream:
