@@ -149,9 +149,12 @@ def call_from_object(obj: Any, make_id: ToolCallIdFactory, argument_keys=("argum
     """A ToolCall from a parsed {"name": ..., "arguments": {...}} object (ValueError if it is not one).
 
     Arguments are re-serialised as vLLM does (`json.dumps(..., ensure_ascii=False)`); a call
-    without arguments gets "{}".
+    without arguments gets "{}"; one giving two of `argument_keys` is refused (ValueError).
     """
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         raise ValueError(f"not a tool call object: {obj!r}"[:200])
-    arguments = next((obj[k] for k in argument_keys if k in obj), {})
+    given = [k for k in argument_keys if k in obj]
+    if len(given) > 1:
+        raise ValueError(f"tool call gives both {given[0]!r} and {given[1]!r}")
+    arguments = obj[given[0]] if given else {}
     return ToolCall(id=make_id(), function=FunctionCall(obj["name"], json.dumps(arguments, ensure_ascii=False)))
