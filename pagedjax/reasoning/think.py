@@ -12,13 +12,14 @@ when whole) this follows the streamed reading for both.
 
 from __future__ import annotations
 
+import abc
 from typing import ClassVar, Sequence
 
 from pagedjax.tool_parsers.markers import split_at_marker
 from pagedjax.tool_parsers.types import DeltaMessage, merge_deltas
 
 
-class ThinkReasoningParser:
+class ThinkReasoningParser(abc.ABC):
     """Base of the think-tag parsers; one object per generated sequence (streaming keeps state).
 
     tokenizer: optional; when `</think>` is one token of it, `is_reasoning_end(token_ids)`
@@ -45,9 +46,9 @@ class ThinkReasoningParser:
         return ids[0] if len(ids) == 1 else None
 
     # -- whole text --------------------------------------------------------------------------
+    @abc.abstractmethod
     def extract_reasoning(self, text: str) -> tuple[str | None, str | None]:
         """(reasoning_content, content) of a whole output; empty parts are None."""
-        raise NotImplementedError
 
     # -- streaming -----------------------------------------------------------------------------
     @property
