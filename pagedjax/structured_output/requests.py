@@ -86,7 +86,8 @@ def structured_outputs_from_request(
         raise ValueError(f"structured_outputs must be an object, got {structured_outputs!r}"[:300])
     backend = guided.pop("guided_decoding_backend", None)
     if backend is not None and backend not in ("auto", "guidance", "llguidance"):
-        raise ValueError(f"guided_decoding_backend must be 'auto' or 'guidance' (the only backend here), got {backend!r}")
+        raise ValueError(f"guided_decoding_backend must be 'auto' or 'guidance' (the only backend here), "
+                         f"got {backend!r}")
     for name, value in guided.items():
         if name not in GUIDED_FIELDS:
             raise TypeError(f"unexpected field {name!r}")

@@ -106,7 +106,8 @@ def test_gbnf_grammar_walks(compiler, tok, info):
 def test_lark_grammar_walks(compiler, tok, info):
     params = StructuredOutputsParams(grammar=LARK)
     for seed in range(6):
-        assert re.fullmatch(r"[a-z]{1,4}=[0-9]{1,3}(,[a-z]{1,4}=[0-9]{1,3})*", walk_text(compiler, tok, info, params, seed))
+        text = walk_text(compiler, tok, info, params, seed)
+        assert re.fullmatch(r"[a-z]{1,4}=[0-9]{1,3}(,[a-z]{1,4}=[0-9]{1,3})*", text)
 
 
 def test_padding_ids_never_allowed_and_masks_are_bitwise_sane(compiler, tok, info):

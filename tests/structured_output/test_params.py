@@ -69,7 +69,8 @@ def test_from_dict_ignores_nulls_and_refuses_unknown_fields():
     ({"type": "json_object"}, StructuredOutputsParams(json_object=True)),
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA, "strict": True}},
      StructuredOutputsParams(json=SCHEMA)),
-    ({"type": "json_schema", "json_schema": {"name": "x", "json_schema": SCHEMA}}, StructuredOutputsParams(json=SCHEMA)),
+    ({"type": "json_schema", "json_schema": {"name": "x", "json_schema": SCHEMA}},
+     StructuredOutputsParams(json=SCHEMA)),
     ({"type": "json_schema", "json_schema": {"name": "x"}}, StructuredOutputsParams(json_object=True)),
 ])
 def test_response_format(response_format, expected):

@@ -11,7 +11,7 @@ import pytest
 
 from pagedjax.structured_output import StructuredOutputsParams, structured_outputs_from_request
 from pagedjax.tool_parsers import (NamedToolCallParser, RequiredToolCallParser, merge_deltas, normalize_tool_choice,
-                                   tool_calls_from_delta, tool_choice_json_schema, validate_tools)
+                                   tool_calls_from_delta, tool_choice_json_schema)
 from tests.structured_output.walk import random_walk
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},

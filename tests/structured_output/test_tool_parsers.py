@@ -129,7 +129,8 @@ def test_malformed_calls_fall_back_to_content_and_do_not_break_streaming(name, t
 
 
 def test_mistral_ids_are_nine_alphanumerics():
-    call = get_tool_parser("mistral")().extract_tool_calls('[TOOL_CALLS] [{"name": "a", "arguments": {}}]').tool_calls[0]
+    text = '[TOOL_CALLS] [{"name": "a", "arguments": {}}]'
+    call = get_tool_parser("mistral")().extract_tool_calls(text).tool_calls[0]
     assert len(call.id) == 9 and call.id.isalnum()
     assert len(mistral_tool_call_id()) == 9
     assert get_tool_parser("mistral").needs_special_tokens and not get_tool_parser("hermes").needs_special_tokens
