@@ -57,7 +57,8 @@ _WORKER = textwrap.dedent('''
     params = SamplingParams(temperature=0.0, max_tokens=args["output_len"], ignore_eos=True, detokenize=False)
     llm.generate(workload(256), params, use_tqdm=False)  # warm-up: compiles the run's shapes
     engine = llm.engine
-    compile0 = engine.runner.compile_seconds
+    compiles = lambda: getattr(engine.runner, 'steps', engine.runner).compile_seconds  # noqa: E731
+    compile0 = compiles()
     steps = []
     def observe(out):
         steps.append((time.perf_counter(), len(out.scheduled), out.num_batched_tokens))
@@ -65,19 +66,20 @@ _WORKER = textwrap.dedent('''
     host0, steps0 = engine.host_seconds, engine.num_steps
     start = time.perf_counter()
     outs = llm.generate(workload(256), params, use_tqdm=False)
-    elapsed = time.perf_counter() - start - (engine.runner.compile_seconds - compile0)
+    elapsed = time.perf_counter() - start - (compiles() - compile0)
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     decode = [t for t, n, b in steps if n == 256 and b == 256]
     gaps = np.diff(decode)
     host_per_step = (engine.host_seconds - host0) / max(1, engine.num_steps - steps0)
     # Device time of one decode step at 256 sequences, replayed back to back.
     runner = engine.runner
-    width = runner.buckets.width_buckets[-1] if hasattr(runner, "buckets") else runner.width_buckets[-1]
-    shape = runner.step_shape(256, 256, width, True)
-    fn = runner.compiled_step(shape)
-    if hasattr(runner, "_abstract_args") and runner._abstract_args.__code__.co_argcount == 3:
-        abstract = runner._abstract_args(shape, runner._pool_struct(runner.num_blocks))
-    else:
+    if hasattr(runner, "steps"):  # this checkout's runner
+        shape = runner.steps.shape(256, 256, runner.buckets.width_buckets[-1], True)
+        fn = runner.steps.get(shape)
+        abstract = runner.steps.abstract_args(shape, runner._pool_struct(runner.num_blocks))
+    else:  # the previous runner
+        shape = runner.step_shape(256, 256, runner.width_buckets[-1], True)
+        fn = runner.compiled_step(shape)
         abstract = runner._abstract_args(shape)
     import jax
     import dataclasses

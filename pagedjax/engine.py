@@ -232,7 +232,7 @@ class LLMEngine:
     def stats(self) -> dict:
         """Counters: KV blocks, preemptions, prefix-cache queries/hits (tokens), compiles, timing."""
         s = dict(self.scheduler.stats())
-        s.update(num_compiles=self.runner.num_compiles, compile_seconds=self.runner.compile_seconds,
+        s.update(num_compiles=self.runner.steps.num_compiles, compile_seconds=self.runner.steps.compile_seconds,
                  num_steps=self.num_steps, host_seconds=self.host_seconds, attention_backend=self.backend,
                  max_model_len=self.max_model_len, startup_seconds=self.startup_seconds,
                  load_seconds=self.load_seconds, tensor_parallel_size=self.config.tensor_parallel_size,

@@ -71,7 +71,7 @@ class LLM:
 
     def precompile(self) -> int:
         """Compiles every step bucket now (start-up warm-up); returns the number compiled."""
-        return self.engine.runner.precompile()
+        return self.engine.runner.steps.precompile()
 
     def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:

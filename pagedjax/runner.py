@@ -7,6 +7,8 @@ profile that sizes the pool (`profile_num_blocks`), and a persistent input batch
 request id: new requests arrive once, running ones as deltas, and the runner appends the
 tokens it samples to its own copy of each request's tokens.
 
+Compiled steps live in `self.steps` (pagedjax/compiled_steps.py).
+
 `execute_model(output)` dispatches the step and returns a `StepHandle` at once; its
 `result()` waits for the device and returns the `ModelRunnerOutput`. The engine may prepare
 and dispatch the next step before asking for the previous one's result (asynchronous
@@ -20,8 +22,6 @@ sharded on its kv-head axis, host inputs are replicated, and attention runs unde
 from __future__ import annotations
 
 import dataclasses
-import functools
-import time
 from typing import Sequence
 
 import jax
@@ -33,9 +33,8 @@ from models.config import ModelConfig
 from models.sharding import TP_AXIS, kv_pool_sharding, pool_kv_heads, replicated
 from pagedjax.config import DEFAULT_CPU_KV_CACHE_BYTES
 from pagedjax.input_batch import CachedRequest, InputBatch, StepPlan, build_step_inputs, columns_tensors, sample_index
-from pagedjax.model_step import PROMPT_LOGPROB_INPUTS, STEP_INPUTS, copy_blocks, sharded_copy_blocks, step_function
-from pagedjax.sampler import SAMPLING_FIELDS, SamplingTensors
-from pagedjax.step_shapes import StepBuckets, StepShape, pow2_at_least
+from pagedjax.compiled_steps import CompiledSteps
+from pagedjax.step_shapes import StepBuckets, pow2_at_least
 
 
 def device_memory_stats(devices) -> list[dict | None]:
@@ -95,8 +94,9 @@ class ModelRunner:
         self._kv_dtype = kv_dtype
         self._host_sharding = None if mesh is None else replicated(mesh)
         self._seed = seed & 0xFFFFFFFF
-        self._compiled: dict = {}
-        self.num_compiles, self.compile_seconds = 0, 0.0
+        self.steps = CompiledSteps(graphdef, params, backend=backend, mesh=mesh, buckets=self.buckets,
+                                   carry_len=max_num_seqs, host_sharding=self._host_sharding,
+                                   pool_struct=self._pool_struct, num_blocks=lambda: self.num_blocks)
         self.profile: dict = {}
         self.num_blocks = 0
         self.kv_pool = None
@@ -151,8 +151,8 @@ class ModelRunner:
         stats = device_memory_stats(devices)
         if not all(st and "bytes_limit" in st for st in stats):
             return max(1, min(DEFAULT_CPU_KV_CACHE_BYTES // per_block, max_useful))
-        largest = self.step_shape(self.buckets.token_buckets[-1], 1, self.max_blocks_per_seq, False)
-        compiled = self._compile(largest, self._pool_struct(1))
+        largest = self.steps.shape(self.buckets.token_buckets[-1], 1, self.max_blocks_per_seq, False)
+        compiled = self.steps.compile(largest, num_blocks=1)
         temp = int(compiled.memory_analysis().temp_size_in_bytes)  # per device for a partitioned step
         del compiled
         usable = [st["bytes_limit"] * gpu_memory_utilization - st["bytes_in_use"] for st in stats]
@@ -184,72 +184,6 @@ class ModelRunner:
         sharding = None if self.mesh is None else kv_pool_sharding(self.mesh)
         return jax.ShapeDtypeStruct(self._pool_shape(num_blocks), self._kv_dtype, sharding=sharding)
 
-    # ----------------------------------------------------------------------------- shapes
-
-    @property
-    def token_buckets(self) -> tuple[int, ...]:
-        return self.buckets.token_buckets
-
-    def step_shape(self, num_tokens: int, num_seqs: int, max_blocks: int, decode_only: bool, penalty_len: int = 0,
-                   suppress_len: int = 0, logprobs: bool = False, prompt_logprobs: bool = False) -> StepShape:
-        """The bucket of a step with `num_tokens` tokens and `num_seqs` sampler rows."""
-        return self.buckets.shape(num_tokens, num_seqs, max_blocks, decode_only, penalty_len, suppress_len,
-                                  logprobs, prompt_logprobs)
-
-    def all_step_shapes(self) -> list[StepShape]:
-        """Every plain-sampling bucket: what warm-up compiles."""
-        return self.buckets.all_plain_shapes()
-
-    def _host_arg(self, dims: tuple, dtype) -> jax.ShapeDtypeStruct:
-        """A step input sent from the host (replicated over the mesh, if any)."""
-        return jax.ShapeDtypeStruct(dims, dtype, sharding=self._host_sharding)
-
-    def _abstract_args(self, shape: StepShape, pool: jax.ShapeDtypeStruct):
-        sizes = {"T": shape.num_tokens, "S": shape.num_seqs, "S+1": shape.num_seqs + 1, "W": shape.table_width}
-        specs = {**STEP_INPUTS, **(PROMPT_LOGPROB_INPUTS if shape.prompt_logprobs else {})}
-        inputs = {name: self._host_arg(tuple(sizes[d] for d in dims), jnp.int32) for name, dims in specs.items()}
-        widths = {"suppress": shape.suppress_len, "penalty": shape.penalty_len}
-        sampling = SamplingTensors(**{
-            f.name: self._host_arg((shape.num_seqs,) if f.metadata["width"] is None
-                                   else (shape.num_seqs, widths[f.metadata["width"]]), f.metadata["dtype"])
-            for f in SAMPLING_FIELDS})
-        params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.params)
-        carry = self._host_arg((self.max_num_seqs,), jnp.int32)
-        return params, pool, inputs, sampling, carry, self._host_arg((2,), jnp.uint32)
-
-    def _compile(self, shape: StepShape, pool: jax.ShapeDtypeStruct):
-        start = time.perf_counter()
-        fn = step_function(self.graphdef, self.backend, self.mesh, shape, self.max_num_seqs)
-        compiled = jax.jit(fn, donate_argnums=(1,)).lower(*self._abstract_args(shape, pool)).compile()
-        self.num_compiles += 1
-        self.compile_seconds += time.perf_counter() - start
-        return compiled
-
-    def compiled_step(self, shape: StepShape):
-        """The compiled step for `shape` (compiling it on first use)."""
-        fn = self._compiled.get(shape)
-        if fn is None:
-            fn = self._compiled[shape] = self._compile(shape, self._pool_struct(self.num_blocks))
-        return fn
-
-    def precompile(self, shapes: Sequence[StepShape] | None = None, progress=None) -> int:
-        """Compiles the given buckets (default: all plain-sampling ones); returns how many were new.
-        `progress(done, total)` is called after each."""
-        shapes = list(shapes or self.all_step_shapes())
-        before = self.num_compiles
-        for i, shape in enumerate(shapes):
-            self.compiled_step(shape)
-            if progress is not None:
-                progress(i + 1, len(shapes))
-        return self.num_compiles - before
-
-    def step_memory(self, shape: StepShape) -> dict:
-        """The compiled step's memory analysis: temporaries against the KV pool's size (both per
-        device under tensor parallelism)."""
-        analysis = self.compiled_step(shape).memory_analysis()
-        return dict(temp_bytes=int(analysis.temp_size_in_bytes), argument_bytes=int(analysis.argument_size_in_bytes),
-                    kv_pool_bytes=int(self.kv_pool.addressable_shards[0].data.nbytes))
-
     # ----------------------------------------------------------------------------- execution
 
     def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
@@ -261,15 +195,7 @@ class ModelRunner:
         src[: len(pairs)], dst[: len(pairs)] = zip(*pairs)
         # Padding pairs copy block src[0] onto dst[0] again: idempotent.
         src[len(pairs):], dst[len(pairs):] = src[0], dst[0]
-        key = ("copy", n)
-        fn = self._compiled.get(key)
-        if fn is None:
-            spec = self._host_arg((n,), jnp.int32)
-            copy = copy_blocks if self.mesh is None else functools.partial(sharded_copy_blocks, self.mesh)
-            fn = self._compiled[key] = jax.jit(copy, donate_argnums=(0,)).lower(
-                self._pool_struct(self.num_blocks), spec, spec).compile()
-            self.num_compiles += 1
-        self.kv_pool = fn(self.kv_pool, src, dst)
+        self.kv_pool = self.steps.block_copy(n)(self.kv_pool, src, dst)
 
     def execute_model(self, output) -> StepHandle:
         """Applies a SchedulerOutput to the runner's state and dispatches its step."""
@@ -291,7 +217,7 @@ class ModelRunner:
         sampling = plan.sampling
         if sampling is None:
             sampling = columns_tensors(plan.shape, self.batch, len(states), sample_index(plan.shape, states))
-        fn = self.compiled_step(plan.shape)
+        fn = self.steps.get(plan.shape)
         rng = np.array([self._seed, self._step_count & 0xFFFFFFFF], np.uint32)
         self._step_count += 1
         self.kv_pool, self._carry, outs = fn(self.params, self.kv_pool, plan.inputs, sampling, self._carry, rng)

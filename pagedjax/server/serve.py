@@ -57,7 +57,7 @@ def build_server_app(engine_config: EngineConfig, options: ServerOptions, on_rea
             print(f"\rpagedjax: compiling step shapes {done}/{total} ({time.perf_counter() - start:.1f} s)",
                   end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-        count = engine.runner.precompile(progress=progress)
+        count = engine.runner.steps.precompile(progress=progress)
         print(f"pagedjax: compiled {count} new step shapes in {time.perf_counter() - start:.1f} s "
               f"(persistent compilation cache: {jax.config.jax_compilation_cache_dir})", file=sys.stderr, flush=True)
     metrics = ServerMetrics(names[0])

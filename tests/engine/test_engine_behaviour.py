@@ -96,9 +96,9 @@ def test_step_temporaries_do_not_scale_with_kv_pool(llama_dir):
     for blocks in (1024, 4096):
         llm = LLM(llama_dir, num_kv_blocks=blocks, max_model_len=256, max_num_seqs=8, max_num_batched_tokens=64)
         runner = llm.engine.runner
-        for shape in (runner.step_shape(8, 8, runner.max_blocks_per_seq, True),
-                      runner.step_shape(64, 2, runner.max_blocks_per_seq, False)):
-            mem = runner.step_memory(shape)
+        for shape in (runner.steps.shape(8, 8, runner.max_blocks_per_seq, True),
+                      runner.steps.shape(64, 2, runner.max_blocks_per_seq, False)):
+            mem = runner.steps.memory(shape)
             temps[blocks, shape.decode_only] = mem["temp_bytes"]
             pool_bytes = mem["kv_pool_bytes"]
     assert temps[1024, True] == temps[4096, True] and temps[1024, False] == temps[4096, False], temps

@@ -63,7 +63,7 @@ def test_greedy_matches_single_device(variant, tp, checkpoint_factory, single_de
     outputs, llm = run_workload(checkpoint_factory(variant), tp)
     assert outputs == single_device(variant)
     runner = llm.engine.runner
-    assert any(isinstance(k, tuple) and k[0] == "copy" for k in runner._compiled)  # copy-on-write ran sharded
+    assert any(isinstance(k, tuple) and k[0] == "copy" for k in runner.steps._compiled)  # copy-on-write ran sharded
     assert llm.stats()["prefix_cache_hits"] > 0 and llm.stats()["tensor_parallel_size"] == tp
     tp_engines[(variant, tp)] = llm
 
@@ -127,10 +127,10 @@ def test_step_moves_no_weights_between_devices():
     runner = ModelRunner(graphdef, params, cfg, num_blocks=512, block_size=16, max_model_len=64, max_num_seqs=8,
                          max_num_batched_tokens=32, backend="reference", kv_dtype=jnp.float32, mesh=mesh)
     smallest_weight = cfg.hidden_size * cfg.head_dim * cfg.num_kv_heads // 2  # a k_proj shard
-    for shape in (runner.step_shape(32, 2, 4, False),):  # mixed prefill + decode step
-        memory = runner.step_memory(shape)  # the sharded pool is updated in place, not copied
+    for shape in (runner.steps.shape(32, 2, 4, False),):  # mixed prefill + decode step
+        memory = runner.steps.memory(shape)  # the sharded pool is updated in place, not copied
         assert memory["temp_bytes"] < memory["kv_pool_bytes"] // 4, memory
-        text = runner.compiled_step(shape).as_text()
+        text = runner.steps.get(shape).as_text()
         assert len(re.findall(r" all-reduce(-start)?\(", text)) >= 2 * cfg.num_layers  # o_proj, down_proj
         for line in text.splitlines():
             m = re.search(r"= (.*?) (all-gather|all-to-all)(-start)?\(", line)
