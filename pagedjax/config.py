@@ -23,7 +23,7 @@ MAX_LOGPROBS = 20
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 
 
-def _option(default, help: str, **cli):
+def option(default, help: str, **cli):
     """A field with its help text (and extra argparse settings: choices, aliases, flag)."""
     return dataclasses.field(default=default, metadata=dict(help=help, **cli))
 
@@ -32,36 +32,36 @@ def _option(default, help: str, **cli):
 class EngineConfig:
     """Options of `LLM`, the server and the benchmarks (vLLM's names and defaults)."""
 
-    model: str | None = _option(None, "checkpoint directory, Hugging Face hub id or preset (default: the built-in "
+    model: str | None = option(None, "checkpoint directory, Hugging Face hub id or preset (default: the built-in "
                                       "model)", cli=False)
-    tokenizer: str | None = _option(None, "tokenizer directory or hub id (default: the model's)")
-    skip_tokenizer_init: bool = _option(False, "load no tokenizer: prompts as token ids, outputs without text")
-    dtype: str = _option("auto", "weights and activations: auto (the checkpoint's), float32, bfloat16 or float16",
+    tokenizer: str | None = option(None, "tokenizer directory or hub id (default: the model's)")
+    skip_tokenizer_init: bool = option(False, "load no tokenizer: prompts as token ids, outputs without text")
+    dtype: str = option("auto", "weights and activations: auto (the checkpoint's), float32, bfloat16 or float16",
                          choices=DTYPES)
-    kv_cache_dtype: str = _option("auto", "KV cache dtype: auto (the model's dtype)", choices=KV_CACHE_DTYPES)
-    seed: int = _option(0, "seed of the engine's random stream (requests may carry their own)")
-    max_model_len: int | None = _option(None, "context length, prompt and output (default: the model's)")
-    block_size: int = _option(16, "tokens per KV-cache block", choices=SUPPORTED_BLOCK_SIZES)
-    gpu_memory_utilization: float = _option(0.9, "fraction of device memory for weights, activations and the KV "
+    kv_cache_dtype: str = option("auto", "KV cache dtype: auto (the model's dtype)", choices=KV_CACHE_DTYPES)
+    seed: int = option(0, "seed of the engine's random stream (requests may carry their own)")
+    max_model_len: int | None = option(None, "context length, prompt and output (default: the model's)")
+    block_size: int = option(16, "tokens per KV-cache block", choices=SUPPORTED_BLOCK_SIZES)
+    gpu_memory_utilization: float = option(0.9, "fraction of device memory for weights, activations and the KV "
                                                  "cache")
-    kv_cache_memory_bytes: int | None = _option(None, "KV cache size in bytes on any device (default: profiled "
+    kv_cache_memory_bytes: int | None = option(None, "KV cache size in bytes on any device (default: profiled "
                                                       "from free device memory; 1 GiB where the device reports "
                                                       "none, e.g. CPU)")
-    num_kv_blocks: int | None = _option(None, "KV cache size in blocks (overrides the profile)",
+    num_kv_blocks: int | None = option(None, "KV cache size in blocks (overrides the profile)",
                                         aliases=("--num-gpu-blocks-override",))
-    max_num_seqs: int = _option(256, "sequences per step at most")
-    max_num_batched_tokens: int | None = _option(None, f"tokens per step at most; longer prompts are chunked "
+    max_num_seqs: int = option(256, "sequences per step at most")
+    max_num_batched_tokens: int | None = option(None, f"tokens per step at most; longer prompts are chunked "
                                                        f"(default {DEFAULT_MAX_NUM_BATCHED_TOKENS} offline, "
                                                        f"{DEFAULT_SERVER_MAX_NUM_BATCHED_TOKENS} in the server)")
-    enable_prefix_caching: bool = _option(True, "reuse the KV blocks of identical prompt prefixes",
+    enable_prefix_caching: bool = option(True, "reuse the KV blocks of identical prompt prefixes",
                                           aliases=("--no-prefix-caching",))
-    async_scheduling: bool = _option(True, "schedule and prepare step N+1 while step N runs on the device")
-    tensor_parallel_size: int = _option(1, "devices to split the model over (tensor parallelism)",
+    async_scheduling: bool = option(True, "schedule and prepare step N+1 while step N runs on the device")
+    tensor_parallel_size: int = option(1, "devices to split the model over (tensor parallelism)",
                                         aliases=("-tp",))
-    attention_backend: str = _option("auto", "auto: the Pallas kernels on GPU, the jnp reference elsewhere; "
+    attention_backend: str = option("auto", "auto: the Pallas kernels on GPU, the jnp reference elsewhere; "
                                              "pallas_interpret: the kernels in interpret mode (testing)",
                                      choices=ATTENTION_BACKENDS)
-    max_logprobs: int = _option(MAX_LOGPROBS, "the most logprobs a request may ask for per token")
+    max_logprobs: int = option(MAX_LOGPROBS, "the most logprobs a request may ask for per token")
 
     def __post_init__(self):
         _check_types(self)
@@ -97,9 +97,9 @@ class EngineConfig:
         return self.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
 
 
-def field_type(field: dataclasses.Field) -> type:
-    """The plain type of an EngineConfig field (`int | None` -> int)."""
-    hint = typing.get_type_hints(EngineConfig)[field.name]
+def field_type(field: dataclasses.Field, cls=None) -> type:
+    """The plain type of a config field (`int | None` -> int); of EngineConfig unless `cls`."""
+    hint = typing.get_type_hints(cls or EngineConfig)[field.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
 

@@ -125,11 +125,7 @@ class LLMEngine:
             raise ValueError(f"expected SamplingParams, got {type(params).__name__}")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer; this model has none")
-        for field in ("logprobs", "prompt_logprobs"):
-            value = getattr(params, field)
-            if value is not None and value > self.config.max_logprobs:
-                raise ValueError(f"SamplingParams.{field} ({value}) is larger than max_logprobs "
-                                 f"({self.config.max_logprobs})")
+        self._check_bounds(params)
         if prompt_token_ids is None:
             if prompt is None:
                 raise ValueError("either a prompt or prompt_token_ids is required")
@@ -153,6 +149,24 @@ class LLMEngine:
         parent.skip_prefix_cache = params.prompt_logprobs is not None
         self.scheduler.add_request(parent)
         self.processor.add_request(request_id, prompt, ids, params, requests, stream)
+
+    def _check_bounds(self, params: SamplingParams) -> None:
+        """ValueError naming the field for values the engine cannot serve: more completions than
+        sequences per step (vLLM's rule), token ids outside the vocabulary, too many logprobs.
+        Nothing a request sends may fail a shared step."""
+        if params.num_samples > self.config.max_num_seqs:
+            field = "best_of" if params.best_of is not None and params.best_of > params.n else "n"
+            raise ValueError(f"SamplingParams.{field} ({params.num_samples}) must be <= max_num_seqs "
+                             f"({self.config.max_num_seqs})")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in params.stop_token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"SamplingParams.stop_token_ids: {bad[0]} is outside the vocabulary [0, {vocab})")
+        for field in ("logprobs", "prompt_logprobs"):
+            value = getattr(params, field)
+            if value is not None and value > self.config.max_logprobs:
+                raise ValueError(f"SamplingParams.{field} ({value}) is larger than max_logprobs "
+                                 f"({self.config.max_logprobs})")
 
     def abort_request(self, request_id: str) -> bool:
         """Stops a request (all its completions) and frees its KV blocks. False if unknown."""
@@ -199,10 +213,11 @@ class LLMEngine:
 
     def _after_failure(self, failure: StepFailed) -> list[RequestOutput]:
         """A step failed and the core recovered: its requests recompute (nothing is lost), each
-        alone first; a request whose step failed while it ran alone is the culprit: it alone
-        is aborted, with the error (EngineStepError)."""
+        alone first; a request that fails again, alone, is the culprit: it alone is aborted,
+        with the error (EngineStepError)."""
         lost = [rid for rid in failure.lost_request_ids if self.processor.group_of(rid) is not None]
-        if len(lost) != 1:
+        request = self.scheduler.get_request(lost[0]) if len(lost) == 1 else None
+        if request is None or request.num_failed_steps < 2:
             logger.warning("%s; recomputing its %d requests, each alone first", failure, len(lost))
             return []
         culprit = self.processor.group_of(lost[0])

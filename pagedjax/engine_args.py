@@ -23,14 +23,21 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, defaults: dict | No
     """Adds an argument group with one option per `EngineConfig` field (except `exclude`
     and the model itself). `defaults` overrides a field's default for this entry point (e.g.
     the server's max_num_batched_tokens)."""
+    add_dataclass_arguments(parser, EngineConfig, defaults=defaults, exclude=exclude, title=title)
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, defaults: dict | None = None,
+                            exclude: tuple[str, ...] = (), title: str) -> None:
+    """One option per field of the config dataclass `cls` whose fields carry `help` metadata
+    (`pagedjax.config.option`)."""
     defaults = defaults or {}
     group = parser.add_argument_group(title)
-    for field in dataclasses.fields(EngineConfig):
+    for field in dataclasses.fields(cls):
         meta = field.metadata
         if not meta.get("cli", True) or field.name in exclude:
             continue
         default = defaults.get(field.name, field.default)
-        kind = field_type(field)
+        kind = field_type(field, cls)
         names = [_flag(field.name)]
         help_text = meta["help"] + ("" if default is None else f" (default: {default})")
         if kind is bool:
@@ -43,6 +50,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, defaults: dict | No
         names += list(meta.get("aliases", ()))
         group.add_argument(*names, dest=field.name, type=kind, default=default, choices=meta.get("choices"),
                            help=help_text)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+    """An instance of `cls` from the options `add_dataclass_arguments` added."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
 
 def engine_config_from_args(args: argparse.Namespace, model: str | None, **overrides) -> EngineConfig:

@@ -50,6 +50,8 @@ def enable_compilation_cache() -> None:
 
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir(), "xla"))
+        # every step: small models compile in under jax's default threshold (1 s) too
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _load_tokenizer(path: str):

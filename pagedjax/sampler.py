@@ -58,13 +58,15 @@ class SamplingTensors:
     declaration of the sampling fields: the runner's persistent columns, the step's abstract
     arguments and the padding values all read the field metadata."""
 
-    temperature: jax.Array = _column(np.float32, 0.0, lambda c: c.params.temperature)  # f32[S]; 0 = greedy
+    # f32[S]; 0 = greedy (clamped: beyond 1e6 any temperature is uniform sampling, and f32 stays finite)
+    temperature: jax.Array = _column(np.float32, 0.0, lambda c: min(c.params.temperature, 1e6))
     top_k: jax.Array = _column(np.int32, 0, lambda c: min(c.params.top_k, INT32_MAX))  # i32[S]; 0 = off
     top_p: jax.Array = _column(np.float32, 1.0, lambda c: c.params.top_p)  # f32[S]; 1 = off
     min_p: jax.Array = _column(np.float32, 0.0, lambda c: c.params.min_p)  # f32[S]; 0 = off
     presence_penalty: jax.Array = _column(np.float32, 0.0, lambda c: c.params.presence_penalty)  # f32[S]
     frequency_penalty: jax.Array = _column(np.float32, 0.0, lambda c: c.params.frequency_penalty)  # f32[S]
-    repetition_penalty: jax.Array = _column(np.float32, 1.0, lambda c: c.params.repetition_penalty)  # f32[S]; 1 = off
+    repetition_penalty: jax.Array = _column(np.float32, 1.0,  # f32[S]; 1 = off (clamped to stay finite in f32)
+                                            lambda c: min(max(c.params.repetition_penalty, 1e-6), 1e6))
     seed: jax.Array = _column(np.uint32, 0, lambda c: (c.seed or 0) & 0xFFFFFFFF)  # u32[S]; used where has_seed
     has_seed: jax.Array = _column(np.bool_, False, lambda c: c.seed is not None)  # bool[S]
     sample_index: jax.Array = _column(np.int32, 0)  # i32[S]: tokens this completion has generated so far

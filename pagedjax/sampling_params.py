@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from pagedjax.config import MAX_LOGPROBS
+
 _GREEDY_EPS = 1e-5  # vLLM treats temperatures below this as greedy
 
 
@@ -50,7 +52,7 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     detokenize: bool = True
 
-    MAX_LOGPROBS = 20  # like vLLM's default max_logprobs
+    MAX_LOGPROBS = MAX_LOGPROBS  # vLLM's default max_logprobs (the engine's max_logprobs may lower it)
 
     def __post_init__(self):
         # Normalise list inputs (users pass lists, as with vLLM) to hashable tuples.
@@ -58,6 +60,14 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop or ()))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in (self.stop_token_ids or ())))
+        for field in ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "min_p"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"SamplingParams.{field} must be a number, got {value!r}")
+        for field in ("n", "max_tokens", "min_tokens", "top_k"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"SamplingParams.{field} must be an integer, got {value!r}")
         if self.top_k == -1:
             object.__setattr__(self, "top_k", 0)
         if self.temperature < _GREEDY_EPS and self.temperature != 0.0 and self.temperature >= 0:
@@ -76,10 +86,10 @@ class SamplingParams:
             bad("presence_penalty", self.presence_penalty, "in [-2, 2]")
         if not -2.0 <= self.frequency_penalty <= 2.0:
             bad("frequency_penalty", self.frequency_penalty, "in [-2, 2]")
-        if not self.repetition_penalty > 0.0:
-            bad("repetition_penalty", self.repetition_penalty, "> 0")
-        if not self.temperature >= 0.0:
-            bad("temperature", self.temperature, ">= 0")
+        if not 0.0 < self.repetition_penalty < float("inf"):
+            bad("repetition_penalty", self.repetition_penalty, "finite and > 0")
+        if not 0.0 <= self.temperature < float("inf"):
+            bad("temperature", self.temperature, "finite and >= 0")
         if not 0.0 < self.top_p <= 1.0:
             bad("top_p", self.top_p, "in (0, 1]")
         if not isinstance(self.top_k, int) or self.top_k < 0:

@@ -97,6 +97,10 @@ class AsyncEngine:
         self._tracked: dict[str, _Tracked] = {}  # engine thread only
         self._thread: threading.Thread | None = None
         self.max_model_len: int = engine.max_model_len
+        self.vocab_size: int = engine.model_config.vocab_size
+        # Heartbeat: when the engine thread last finished a step or went idle (monotonic seconds).
+        self._last_progress = time.monotonic()
+        self._busy = False  # True while the engine thread has requests to step
         self.tokenizer = engine.tokenizer  # NOTE: the engine thread's; other threads use a copy
         self.stats_snapshot: dict = dict(engine.stats())  # replaced (never mutated) by the engine thread
         self.fatal_error: BaseException | None = None
@@ -110,7 +114,7 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._run, name="pagedjax-engine", daemon=True)
         self._thread.start()
 
-    def shutdown(self, timeout: float = 30.0) -> None:
+    def shutdown(self, timeout: float = 5.0) -> None:
         """Fails the requests still in flight, stops the engine thread and waits for it."""
         if self._thread is None:
             return
@@ -118,6 +122,10 @@ class AsyncEngine:
         self._thread.join(timeout)
         if self._thread.is_alive():
             logger.warning("the engine thread did not stop within %.0f s", timeout)
+
+    def stalled_seconds(self) -> float:
+        """Seconds the engine thread has had work without finishing a step (0 while idle)."""
+        return time.monotonic() - self._last_progress if self._busy else 0.0
 
     @property
     def is_running(self) -> bool:
@@ -165,15 +173,20 @@ class AsyncEngine:
         try:
             while True:
                 # Sleep on the queue when idle; otherwise take what is there and step.
+                if not engine.has_unfinished_requests():
+                    self._busy = False
                 command = self._commands.get() if not engine.has_unfinished_requests() else self._next_command()
+                self._last_progress = time.monotonic()  # (woken up: an idle wait is no stall)
                 while command is not None:
                     if command is _STOP:
                         self._fail_all("the server is shutting down")
                         return
                     self._handle(command)
                     command = self._next_command()
-                if engine.has_unfinished_requests():
+                self._busy = engine.has_unfinished_requests()
+                if self._busy:
                     self._step()
+                self._last_progress = time.monotonic()
                 self._publish_stats()
         except BaseException as error:  # a bug in this loop itself: fail everyone, report unhealthy
             logger.exception("the engine thread died")

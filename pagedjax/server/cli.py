@@ -11,7 +11,9 @@ import argparse
 import os
 
 from pagedjax.config import DEFAULT_SERVER_MAX_NUM_BATCHED_TOKENS
-from pagedjax.engine_args import add_engine_arguments, engine_config_from_args  # noqa: F401 (re-exported)
+from pagedjax.engine_args import (add_dataclass_arguments, add_engine_arguments, dataclass_from_args,  # noqa: F401
+                                  engine_config_from_args)
+from pagedjax.server.limits import ServerLimits
 
 
 def add_server_engine_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
@@ -36,12 +38,21 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     p.add_argument("--api-key", default=os.environ.get("PAGEDJAX_API_KEY"),
-                   help="require `Authorization: Bearer KEY` on /v1/* (default: $PAGEDJAX_API_KEY, else none)")
+                   help="require `Authorization: Bearer KEY` on every route but /health (default: "
+                        "$PAGEDJAX_API_KEY, else none)")
     p.add_argument("--served-model-name", nargs="+", default=None,
                    help="names clients use in `model` (default: the MODEL argument)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    p.add_argument("--shutdown-timeout", type=float, default=10.0,
-                   help="seconds in-flight requests get to finish on SIGINT/SIGTERM (default 10)")
+    p.add_argument("--shutdown-timeout", type=float, default=5.0,
+                   help="seconds in-flight requests get to finish on SIGINT/SIGTERM before they are cancelled "
+                        "(default 5)")
+    p.add_argument("--limit-concurrency", type=int, default=1024,
+                   help="connections at once before new ones get 503 (default 1024)")
+    p.add_argument("--timeout-keep-alive", type=float, default=5.0,
+                   help="seconds an idle keep-alive connection stays open (default 5)")
+    p.add_argument("--max-header-bytes", type=int, default=64 * 1024,
+                   help="the most bytes of a request line and headers (default 65536)")
+    add_dataclass_arguments(p, ServerLimits, title="request limits")
     add_server_engine_arguments(p)
     p.set_defaults(func=run_serve)
 
@@ -64,5 +75,7 @@ def run_serve(args: argparse.Namespace) -> int:
     model = args.model or default_model_dir()
     names = tuple(args.served_model_name or ([args.model] if args.model else [DEFAULT_MODEL_NAME]))
     options = ServerOptions(host=args.host, port=args.port, api_key=args.api_key, served_model_names=names,
-                            log_level=args.log_level, shutdown_timeout=args.shutdown_timeout)
+                            log_level=args.log_level, shutdown_timeout=args.shutdown_timeout,
+                            limits=dataclass_from_args(ServerLimits, args), limit_concurrency=args.limit_concurrency,
+                            timeout_keep_alive=args.timeout_keep_alive, max_header_bytes=args.max_header_bytes)
     return serve(engine_config_from_args(args, model), options, precompile=args.precompile)

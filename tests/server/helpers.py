@@ -23,8 +23,11 @@ def async_client(server, **kwargs) -> openai.AsyncOpenAI:
                               **kwargs)
 
 
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
 def engine_stats(http: httpx.Client) -> dict:
-    response = http.get("/debug/stats")
+    response = http.get("/debug/stats", headers=AUTH)
     response.raise_for_status()
     return response.json()
 
