@@ -37,11 +37,10 @@ class CompiledSteps:
         self._compiled: dict = {}
         self.num_compiles, self.compile_seconds = 0, 0.0
 
-    def shape(self, num_tokens: int, num_seqs: int, max_blocks: int, decode_only: bool, penalty_len: int = 0,
-              suppress_len: int = 0, logprobs: bool = False, prompt_logprobs: bool = False) -> StepShape:
-        """The bucket of a step with `num_tokens` tokens and `num_seqs` sampler rows."""
-        return self.buckets.shape(num_tokens, num_seqs, max_blocks, decode_only, penalty_len, suppress_len,
-                                  logprobs, prompt_logprobs)
+    def shape(self, num_tokens: int, num_seqs: int, max_blocks: int, decode_only: bool, **variant) -> StepShape:
+        """The bucket of a step with `num_tokens` tokens and `num_seqs` sampler rows (`variant`:
+        StepBuckets.shape's penalty_len, suppress_len, logprobs, prompt_logprobs, mask_width, bias_len)."""
+        return self.buckets.shape(num_tokens, num_seqs, max_blocks, decode_only, **variant)
 
     def host_arg(self, dims: tuple, dtype) -> jax.ShapeDtypeStruct:
         """A step input sent from the host (replicated over the mesh, if any)."""
@@ -52,7 +51,8 @@ class CompiledSteps:
         sizes = {"T": shape.num_tokens, "S": shape.num_seqs, "S+1": shape.num_seqs + 1, "W": shape.table_width}
         specs = {**STEP_INPUTS, **(PROMPT_LOGPROB_INPUTS if shape.prompt_logprobs else {})}
         inputs = {name: self.host_arg(tuple(sizes[d] for d in dims), jnp.int32) for name, dims in specs.items()}
-        widths = {"suppress": shape.suppress_len, "penalty": shape.penalty_len}
+        widths = {"suppress": shape.suppress_len, "penalty": shape.penalty_len, "mask": shape.mask_width,
+                  "bias": shape.bias_len}
         sampling = SamplingTensors(**{
             f.name: self.host_arg((shape.num_seqs,) if f.metadata["width"] is None
                                   else (shape.num_seqs, widths[f.metadata["width"]]), f.metadata["dtype"])

@@ -20,6 +20,7 @@ import jax
 
 from pagedjax.config import EngineConfig
 from pagedjax.engine_core import EngineCore, StepFailed
+from pagedjax.logit_controls import ConstraintFactory
 from pagedjax.model_setup import LoadedModel, load_model
 from pagedjax.output_processor import OutputProcessor
 from pagedjax.outputs import RequestOutput
@@ -84,6 +85,9 @@ class LLMEngine:
             enable_prefix_caching=config.enable_prefix_caching))
         self.core = EngineCore(self.scheduler, self.runner, async_scheduling=config.async_scheduling)
         self.processor = OutputProcessor(self.tokenizer)
+        self.constraints = ConstraintFactory(self.tokenizer, self.model_config.vocab_size,
+                                             (self.eos_token_id, *self.extra_eos_ids))
+        self._constraints: dict = {}  # scheduler request id -> its TokenConstraint (constrained ones)
         self._counter = itertools.count()
         self.load_seconds = loaded.load_seconds
         self.startup_seconds = time.perf_counter() - start
@@ -138,11 +142,17 @@ class LLMEngine:
             eos_token_id=None if params.ignore_eos else self.eos_token_id)
         suppress = tuple(sorted(stop.stop_token_ids | ({stop.eos_token_id} if stop.eos_token_id is not None
                                                         else set()))) if params.min_tokens else ()
+        self.constraints.validate(params)
         requests = []
         for index in range(params.num_samples):
             seq_id = request_id if params.num_samples == 1 else f"{request_id}#{index}"
-            sampling = CompletionSampling(params, completion_seed(params.seed, index), suppress)
-            requests.append(Request(seq_id, ids, stop, sampling_params=sampling))
+            constraint = self.constraints.build(params)
+            sampling = CompletionSampling(params, completion_seed(params.seed, index), suppress, constraint)
+            request = Request(seq_id, ids, stop, sampling_params=sampling)
+            if constraint is not None:
+                self._constraints[seq_id] = constraint
+                request.needs_host_feedback = constraint.needs_host_feedback
+            requests.append(request)
         parent = requests[0]
         parent.fork_children = requests[1:]
         # NOTE: prompt logprobs need every prompt position computed: no prefix-cache hit.
@@ -174,6 +184,7 @@ class LLMEngine:
             return False
         for seq_id in self.processor.completion_ids(request_id):
             self.scheduler.abort_request(seq_id)
+            self._constraints.pop(seq_id, None)
         self.processor.abort(request_id)
         return True
 
@@ -203,8 +214,16 @@ class LLMEngine:
             return self._after_failure(failure)
         if done is None:
             return []
+        constraints = self._constraints
+        if constraints:
+            for seq_id, tokens in done.update.new_token_ids.items():
+                if seq_id in constraints:
+                    constraints[seq_id].accept(tokens[0])
+            for request in done.update.finished:
+                constraints.pop(request.request_id, None)
         processed = self.processor.process(done.update, done.runner_output)
         for seq_id, stop in processed.stopped:
+            self._constraints.pop(seq_id, None)
             if stop is None:  # its output processing failed
                 self.scheduler.abort_request(seq_id)
             else:

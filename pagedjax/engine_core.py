@@ -57,7 +57,10 @@ class EngineCore:
         start = time.perf_counter()
         waited = 0.0
         output = None
-        if len(self._queue) < (2 if self.async_scheduling else 1):
+        # NOTE: a request whose next bitmask needs its last token (a grammar) is never fed from the
+        # device: with such a request running, the step in flight finishes first.
+        if len(self._queue) < (2 if self.async_scheduling else 1) and not (
+                self._queue and self.scheduler.has_feedback_requests()):
             output = self.scheduler.schedule()
             if output.scheduled:
                 for observe in self.step_observers:

@@ -115,8 +115,12 @@ def build_step_inputs(buckets: StepBuckets, batch: InputBatch, scheduled, states
     suppress_len = max((len(c.suppress_ids) for c in row_sampling if c.params.min_tokens), default=0)
     penalty_len = max((len(st.tokens) + 1 for st in states), default=1) if penalties else 0
     max_blocks = max(len(st.block_ids) for st in states)
-    shape = buckets.shape(num_tokens, num_rows, max_blocks, decode_only, penalty_len, suppress_len,
-                          any(c.params.logprobs is not None for c in row_sampling), prompt_logprobs)
+    constrained = [c.constraint for c in row_sampling if c.constraint is not None]
+    shape = buckets.shape(num_tokens, num_rows, max_blocks, decode_only, penalty_len=penalty_len,
+                          suppress_len=suppress_len, logprobs=any(c.params.logprobs is not None for c in row_sampling),
+                          prompt_logprobs=prompt_logprobs,
+                          mask_width=-(-constrained[0].vocab_size // 32) if constrained else 0,
+                          bias_len=max((len(c.params.logit_bias or ()) for c in row_sampling), default=0))
     t, s, w = shape.num_tokens, shape.num_seqs, shape.table_width
 
     pos0 = np.fromiter(starts, np.int64, num_seqs)
@@ -173,7 +177,8 @@ def build_step_inputs(buckets: StepBuckets, batch: InputBatch, scheduled, states
         sample_rows.append(num_seqs + k)
         sample_ids.append(child_id)
     new_carry = {ids[r]: r for r in sample_rows if r < min(num_seqs, carry_len)}
-    plain = not forks and not shape.penalty_len and not shape.suppress_len
+    plain = not forks and not shape.penalty_len and not shape.suppress_len and not shape.mask_width \
+        and not shape.bias_len
     sampling = None if plain else _special_sampling(shape, batch, states, forks, fed_rows)
     return StepPlan(shape, inputs, sampling, sample_rows, sample_ids, new_carry, prompt_rows, num_tokens)
 
@@ -198,7 +203,7 @@ def columns_tensors(shape: StepShape, batch: InputBatch, num_seqs: int, index: n
         elif meta["width"] is None:
             values[f.name] = index
         else:
-            values[f.name] = np.full((s, 0), -1, np.int32)
+            values[f.name] = np.full((s, 0), meta["fill"], meta["dtype"])
     return SamplingTensors(**values)
 
 
@@ -218,9 +223,24 @@ def _special_sampling(shape: StepShape, batch: InputBatch, states, forks, fed_ro
         suppress = np.full((s, shape.suppress_len), -1, np.int32)
         for r, (c, st) in enumerate(rows):
             generated = st.num_sampled if st is not None else 0
-            if c.params.min_tokens and generated < c.params.min_tokens:
+            # NOTE: a grammar decides when the output may end: min_tokens does not suppress its EOS
+            if c.params.min_tokens and generated < c.params.min_tokens and c.params.structured_outputs is None:
                 suppress[r, : len(c.suppress_ids)] = c.suppress_ids
         values["suppress_tokens"] = suppress
+    if shape.mask_width:  # host side, per step: each constrained row's allowed tokens
+        bitmask = np.full((s, shape.mask_width), -1, np.int32)
+        for r, (c, st) in enumerate(rows):
+            if c.constraint is not None:
+                c.constraint.fill_bitmask(bitmask, r, st.tokens[st.num_prompt_tokens:] if st is not None else ())
+        values["bitmask"] = bitmask
+    if shape.bias_len:
+        ids = np.full((s, shape.bias_len), -1, np.int32)
+        biases = np.zeros((s, shape.bias_len), np.float32)
+        for r, (c, _) in enumerate(rows):
+            if c.params.logit_bias:
+                ids[r, : len(c.params.logit_bias)] = list(c.params.logit_bias)
+                biases[r, : len(c.params.logit_bias)] = list(c.params.logit_bias.values())
+        values["bias_ids"], values["bias_values"] = ids, biases
     if shape.penalty_len:
         prompt = np.full((s, shape.penalty_len), -1, np.int32)
         output = np.full((s, shape.penalty_len), -1, np.int32)

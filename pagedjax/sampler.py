@@ -2,8 +2,9 @@
 
 Per-row parameters travel as arrays (`SamplingTensors`), so a batch may mix greedy and random
 rows, different temperatures, top-k/top-p/min-p, penalties and seeds without recompiling. The
-order of logit processing follows vLLM: penalties on the raw logits, then temperature, then
-top-k, top-p, min-p, then a Gumbel-max draw. Logprobs are those of the model's raw distribution
+order of logit processing follows vLLM: the allowed-token bitmask (grammars, allowed_token_ids,
+bad_words) and logit_bias, then min_tokens' suppression, penalties, temperature, top-k, top-p,
+min-p, then a Gumbel-max draw. Logprobs are those of the model's raw distribution
 (log-softmax of the unprocessed logits), as vLLM returns by default.
 
 Randomness: a row with a seed draws from `fold_in(key(seed), index)` where `index` counts that
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pagedjax.config import MAX_LOGPROBS  # noqa: F401  (re-exported)
+from pagedjax.structured_output.bitmask import apply_token_bitmask
 
 INT32_MAX = 2**31 - 1
 
@@ -31,12 +33,14 @@ class CompletionSampling:
     params: the request's SamplingParams. seed: this completion's own seed (completion 0 of a
     seeded request has the request's; others derive theirs from it), None = unseeded.
     suppress_ids: token ids forbidden while fewer than `params.min_tokens` were generated (the
-    EOS and stop tokens). prompt_logprobs: also return the prompt tokens' logprobs.
+    EOS and stop tokens). constraint: the allowed next tokens, as a bitmask row per step (None:
+    any token).
     """
 
     params: object  # pagedjax.sampling_params.SamplingParams
     seed: int | None = None
     suppress_ids: tuple[int, ...] = ()
+    constraint: object = None  # pagedjax.logit_controls.TokenConstraint: grammar, allowed ids, bad words
 
     @property
     def uses_penalties(self) -> bool:
@@ -75,6 +79,11 @@ class SamplingTensors:
     # i32[S, P] ids whose counts drive the penalties (-1 = padding); P = 0 when no row uses penalties.
     prompt_tokens: jax.Array = _column(np.int32, -1, width="penalty")  # repetition penalty only (prompt tokens)
     output_tokens: jax.Array = _column(np.int32, -1, width="penalty")  # all three penalties (generated tokens)
+    # i32[S, ceil(V/32)] packed allowed-token bitmask (bit set = allowed; -1 words: all), or [S, 0]
+    bitmask: jax.Array = _column(np.int32, -1, width="mask")
+    # i32[S, B] token ids and f32[S, B] additive biases (logit_bias; -1 = padding), or [S, 0]
+    bias_ids: jax.Array = _column(np.int32, -1, width="bias")
+    bias_values: jax.Array = _column(np.float32, 0.0, width="bias")
 
 
     def replace_pending(self, pending):
@@ -142,6 +151,11 @@ def sample(logits, t: SamplingTensors, step_key, *, num_logprobs: int):
     top logprob ids i32[S, num_logprobs], top logprobs f32[S, num_logprobs])."""
     raw_logprobs = jax.nn.log_softmax(logits, axis=-1)
     rows = jnp.arange(logits.shape[0])
+    if t.bitmask.shape[1]:  # grammars, allowed_token_ids, bad_words
+        logits = apply_token_bitmask(logits, t.bitmask)
+    if t.bias_ids.shape[1]:  # logit_bias
+        ids = jnp.where(t.bias_ids >= 0, t.bias_ids, logits.shape[1])
+        logits = logits.at[rows[:, None], ids].add(t.bias_values, mode="drop")
     suppress = t.suppress_tokens
     logits = logits.at[rows[:, None], jnp.where(suppress >= 0, suppress, logits.shape[1])].set(
         -jnp.inf, mode="drop")

@@ -50,6 +50,8 @@ class StepShape:
     suppress_len: int = 0  # E: suppressed-token columns (min_tokens), 0 = none
     num_logprobs: int = 0  # top logprobs returned per row (0 or MAX_LOGPROBS)
     prompt_logprobs: bool = False  # also logprobs of every packed token's next token
+    mask_width: int = 0  # words of the allowed-token bitmask (ceil(V/32)), 0 = no row constrained
+    bias_len: int = 0  # B: logit_bias entries per row, 0 = none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,8 @@ class StepBuckets:
         return pick_bucket(self.seq_buckets, n) if n <= self.max_num_seqs else pow2_at_least(n, 1)
 
     def shape(self, num_tokens: int, num_rows: int, max_blocks: int, decode_only: bool, penalty_len: int = 0,
-              suppress_len: int = 0, logprobs: bool = False, prompt_logprobs: bool = False) -> StepShape:
+              suppress_len: int = 0, logprobs: bool = False, prompt_logprobs: bool = False, mask_width: int = 0,
+              bias_len: int = 0) -> StepShape:
         """The bucket of a step with `num_tokens` tokens and `num_rows` sampler rows."""
         if decode_only:
             seqs = self._seq_bucket(num_rows)
@@ -94,7 +97,8 @@ class StepBuckets:
             decode_only=decode_only,
             penalty_len=pow2_at_least(penalty_len, 16) if penalty_len else 0,
             suppress_len=pow2_at_least(suppress_len, 4) if suppress_len else 0,
-            num_logprobs=MAX_LOGPROBS if logprobs else 0, prompt_logprobs=prompt_logprobs)
+            num_logprobs=MAX_LOGPROBS if logprobs else 0, prompt_logprobs=prompt_logprobs, mask_width=mask_width,
+            bias_len=pow2_at_least(bias_len, 4) if bias_len else 0)
 
     def all_plain_shapes(self) -> list[StepShape]:
         """Every plain-sampling bucket (no penalties, suppression or logprobs): what warm-up compiles."""

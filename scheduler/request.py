@@ -111,6 +111,7 @@ class Request:
         "fork_children",
         "new_to_runner",
         "num_failed_steps",
+        "needs_host_feedback",
     )
 
     def __init__(
@@ -166,6 +167,9 @@ class Request:
         self.new_to_runner = True
         # Engine steps that failed while this request was in them (see Scheduler.recover).
         self.num_failed_steps = 0
+        # Its next step's inputs depend on host work over its last token (a grammar's bitmask):
+        # never scheduled while a sample of it is in flight (the engine drains the step first).
+        self.needs_host_feedback = False
 
     @property
     def num_tokens(self) -> int:

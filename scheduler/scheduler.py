@@ -235,6 +235,10 @@ class Scheduler:
     def num_waiting(self) -> int:
         return len(self._waiting)
 
+    def has_feedback_requests(self) -> bool:
+        """Whether a running request needs its last sample on the host before its next step."""
+        return any(r.needs_host_feedback for r in self._running)
+
     @property
     def num_in_flight(self) -> int:
         """Scheduled steps whose update() is still due."""
