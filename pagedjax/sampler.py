@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pagedjax.config import MAX_LOGPROBS  # noqa: F401  (re-exported)
 from pagedjax.structured_output.bitmask import apply_token_bitmask
 
 INT32_MAX = 2**31 - 1
