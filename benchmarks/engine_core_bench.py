@@ -110,7 +110,8 @@ def _checkpoint(out_dir: str, spec: dict) -> str:
     sys.path.insert(0, REPO)
     from pagedjax.default_model import tiny_llama_config, write_random_checkpoint
 
-    config = tiny_llama_config(spec["config"]["vocab_size"], **spec["config"], max_position_embeddings=256)
+    fields = dict(spec["config"])
+    config = tiny_llama_config(fields.pop("vocab_size"), **fields, max_position_embeddings=256)
     write_random_checkpoint(out_dir, config, std=0.05)
     return out_dir
 

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from pagedjax.model_step import PROMPT_LOGPROB_INPUTS, STEP_INPUTS, copy_blocks, sharded_copy_blocks, step_function
+from pagedjax.model_step import copy_blocks, input_layout, packed_size, sharded_copy_blocks, step_function
 from pagedjax.sampler import SAMPLING_FIELDS, SamplingTensors
 from pagedjax.step_shapes import StepBuckets, StepShape
 
@@ -46,11 +46,9 @@ class CompiledSteps:
         """A step input sent from the host (replicated over the mesh, if any)."""
         return jax.ShapeDtypeStruct(dims, dtype, sharding=self._host_sharding)
 
-    def abstract_args(self, shape: StepShape, pool: jax.ShapeDtypeStruct) -> tuple:
-        """(params, pool, inputs, sampling, carry, rng) of a step of `shape`, as ShapeDtypeStructs."""
-        sizes = {"T": shape.num_tokens, "S": shape.num_seqs, "S+1": shape.num_seqs + 1, "W": shape.table_width}
-        specs = {**STEP_INPUTS, **(PROMPT_LOGPROB_INPUTS if shape.prompt_logprobs else {})}
-        inputs = {name: self.host_arg(tuple(sizes[d] for d in dims), jnp.int32) for name, dims in specs.items()}
+    def abstract_args(self, shape: StepShape, pool: jax.ShapeDtypeStruct) -> tuple:  # noqa: D401
+        """(params, pool, packed inputs, sampling, carry) of a step of `shape`, as ShapeDtypeStructs."""
+        packed = self.host_arg((packed_size(input_layout(shape)),), jnp.int32)
         widths = {"suppress": shape.suppress_len, "penalty": shape.penalty_len, "mask": shape.mask_width,
                   "bias": shape.bias_len}
         sampling = SamplingTensors(**{
@@ -58,7 +56,7 @@ class CompiledSteps:
                                   else (shape.num_seqs, widths[f.metadata["width"]]), f.metadata["dtype"])
             for f in SAMPLING_FIELDS})
         carry = self.host_arg((self._carry_len,), jnp.int32)
-        return self._params, pool, inputs, sampling, carry, self.host_arg((2,), jnp.uint32)
+        return self._params, pool, packed, sampling, carry
 
     def compile(self, shape: StepShape, num_blocks: int):
         """Compiles (uncached) a step of `shape` against a pool of `num_blocks` blocks."""

@@ -43,7 +43,7 @@ class EngineCore:
         self._queue: collections.deque = collections.deque()  # (SchedulerOutput, StepHandle)
         self.step_observers: list = []  # called with each non-empty SchedulerOutput
         self.num_steps = 0
-        self.host_seconds = 0.0  # step() time not spent waiting for the device
+        self.host_seconds = 0.0  # step() time not spent waiting for the device nor compiling
         self.wait_seconds = 0.0  # time spent waiting for the device's results
 
     def has_work(self) -> bool:
@@ -55,6 +55,7 @@ class EngineCore:
         nothing to do. Raises `StepFailed` after recovering: every request is then waiting to
         recompute (the scheduler's `recover_from_failure`), with a fresh KV pool."""
         start = time.perf_counter()
+        compiling = self.runner.steps.compile_seconds
         waited = 0.0
         output = None
         # NOTE: a request whose next bitmask needs its last token (a grammar) is never fed from the
@@ -81,7 +82,8 @@ class EngineCore:
             self.wait_seconds += waited
         update = self.scheduler.update(done, result.sampled)
         self.num_steps += 1
-        self.host_seconds += time.perf_counter() - start - waited
+        compiling = self.runner.steps.compile_seconds - compiling
+        self.host_seconds += time.perf_counter() - start - waited - compiling
         return CoreStep(done, result, update)
 
     def _recover(self) -> list[str]:

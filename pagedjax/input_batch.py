@@ -158,8 +158,11 @@ def build_step_inputs(buckets: StepBuckets, batch: InputBatch, scheduled, states
     logits_indices[:num_seqs] = last_index
     for k, (row, _) in enumerate(forks):
         logits_indices[num_seqs + k] = last_index[row]
+    index = np.zeros(s, np.int32)  # fork rows: 0 (a child has drawn nothing)
+    index[:num_seqs] = [st.num_sampled for st in states]
     inputs = dict(token_ids=token_ids, positions=positions, slot_mapping=slot_mapping, block_tables=block_tables,
-                  kv_lens=kv_lens, query_start_loc=qsl, logits_indices=logits_indices, feed_index=feed_index)
+                  kv_lens=kv_lens, query_start_loc=qsl, logits_indices=logits_indices, feed_index=feed_index,
+                  sample_index=index)
     prompt_rows = []
     if prompt_logprobs:  # the token each packed position predicts: the next one of its sequence
         targets = np.zeros(t, np.int32)
@@ -183,15 +186,9 @@ def build_step_inputs(buckets: StepBuckets, batch: InputBatch, scheduled, states
     return StepPlan(shape, inputs, sampling, sample_rows, sample_ids, new_carry, prompt_rows, num_tokens)
 
 
-def sample_index(shape: StepShape, states: list[CachedRequest]) -> np.ndarray:
-    """i32[S]: samples each row's completion has drawn before this step (seeded streams)."""
-    out = np.zeros(shape.num_seqs, np.int32)
-    out[: len(states)] = [st.num_sampled for st in states]
-    return out
-
-
-def columns_tensors(shape: StepShape, batch: InputBatch, num_seqs: int, index: np.ndarray) -> SamplingTensors:
-    """The plain step's sampling tensors: the batch's persistent columns, padded to S rows."""
+def columns_tensors(shape: StepShape, batch: InputBatch, num_seqs: int) -> SamplingTensors:
+    """The plain step's sampling tensors: the batch's persistent columns, padded to S rows (its
+    `sample_index` is a placeholder: the step takes it from its packed inputs)."""
     s = shape.num_seqs
     values = {}
     for f in dataclasses.fields(SamplingTensors):
@@ -201,7 +198,7 @@ def columns_tensors(shape: StepShape, batch: InputBatch, num_seqs: int, index: n
             col[:num_seqs] = batch.columns[f.name][:num_seqs]
             values[f.name] = col
         elif meta["width"] is None:
-            values[f.name] = index
+            values[f.name] = np.zeros(s, meta["dtype"])
         else:
             values[f.name] = np.full((s, 0), meta["fill"], meta["dtype"])
     return SamplingTensors(**values)
@@ -210,14 +207,12 @@ def columns_tensors(shape: StepShape, batch: InputBatch, num_seqs: int, index: n
 def _special_sampling(shape: StepShape, batch: InputBatch, states, forks, fed_rows) -> SamplingTensors:
     """Sampling tensors of a step with fork rows, penalties or min_tokens (rare: built per step)."""
     num_seqs, s = len(states), shape.num_seqs
-    index = sample_index(shape, states)
-    tensors = columns_tensors(shape, batch, num_seqs, index)
+    tensors = columns_tensors(shape, batch, num_seqs)
     values = {f.name: getattr(tensors, f.name) for f in dataclasses.fields(tensors)}
     for k, (_, (_, child)) in enumerate(forks):
         row = num_seqs + k
         for f in REQUEST_COLUMNS:
             values[f.name][row] = f.metadata["of"](child)
-        values["sample_index"][row] = 0
     rows = [(st.sampling, st) for st in states] + [(child, None) for _, (_, child) in forks]
     if shape.suppress_len:
         suppress = np.full((s, shape.suppress_len), -1, np.int32)

@@ -8,10 +8,12 @@ host does not know them yet (asynchronous scheduling), runs the model over the p
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
@@ -30,8 +32,38 @@ STEP_INPUTS = dict(
     query_start_loc=("S+1",),  # row s owns tokens [qsl[s], qsl[s+1])
     logits_indices=("S",),  # the packed token whose logits each sampler row samples
     feed_index=("S",),  # the previous step's carry entry holding this row's first token; -1 = known
+    sample_index=("S",),  # samples each row's completion drew before (seeded streams)
+    rng=(2,),  # (engine seed, step counter) as int32 bits: this step's key is derived on device
 )
 PROMPT_LOGPROB_INPUTS = dict(next_token_ids=("T",))  # only in prompt-logprob steps
+
+
+def input_layout(shape) -> tuple[tuple[str, int, tuple[int, ...]], ...]:
+    """Where each host input sits in the step's one packed int32 buffer: (name, offset, dims).
+    One transfer per step instead of one per input."""
+    sizes = {"T": shape.num_tokens, "S": shape.num_seqs, "S+1": shape.num_seqs + 1, "W": shape.table_width}
+    specs = {**STEP_INPUTS, **(PROMPT_LOGPROB_INPUTS if shape.prompt_logprobs else {})}
+    layout, offset = [], 0
+    for name, dims in specs.items():
+        dims = tuple(sizes.get(d, d) for d in dims)
+        layout.append((name, offset, dims))
+        offset += int(np.prod(dims))
+    return tuple(layout)
+
+
+def packed_size(layout) -> int:
+    name, offset, dims = layout[-1]
+    return offset + int(np.prod(dims))
+
+
+def pack_inputs(layout, inputs: dict) -> np.ndarray:
+    """The host inputs of a step as one int32 buffer (see `input_layout`)."""
+    return np.concatenate([np.asarray(inputs[name], np.int32).ravel() for name, _, _ in layout])
+
+
+def unpack_inputs(layout, packed) -> dict:
+    """The inverse of `pack_inputs`, inside the jitted step (static slices)."""
+    return {name: packed[offset: offset + int(np.prod(dims))].reshape(dims) for name, offset, dims in layout}
 
 
 def _token_logprobs(model, hidden, next_ids, k: int):
@@ -61,16 +93,19 @@ def _feed(token_ids, query_start_loc, feed_index, carry):
 
 
 def engine_step(graphdef, backend: str, mesh: Mesh | None, decode_only: bool, num_logprobs: int,
-                prompt_logprobs: bool, carry_len: int,
-                params, kv_pool, inputs: dict, sampling: SamplingTensors, carry, rng):
+                prompt_logprobs: bool, carry_len: int, layout: tuple,
+                params, kv_pool, packed, sampling: SamplingTensors, carry):
     """One engine step on device.
 
-    carry i32[carry_len]: the previous step's sampled tokens of its first rows (what `feed_index`
-    points into); returns this step's (kv_pool, carry, sampler outputs).
-    `rng` u32[2] = (engine seed, step counter): this step's key is derived on device.
+    packed i32[...]: the host inputs (`input_layout`). sampling: the rows' sampling tensors (their
+    `sample_index` comes from `packed`). carry i32[carry_len]: the previous step's sampled tokens
+    of its first rows (what `feed_index` points into). Returns (kv_pool, carry, sampler outputs).
     """
     model = nnx.merge(graphdef, params)
+    inputs = unpack_inputs(layout, packed)
+    rng = jax.lax.bitcast_convert_type(inputs["rng"], jnp.uint32)
     key = jax.random.fold_in(jax.random.key(rng[0]), rng[1])
+    sampling = dataclasses.replace(sampling, sample_index=inputs["sample_index"])
     token_ids = _feed(inputs["token_ids"], inputs["query_start_loc"], inputs["feed_index"], carry)
     metadata = PagedAttentionMetadata(
         slot_mapping=inputs["slot_mapping"], block_tables=inputs["block_tables"], kv_lens=inputs["kv_lens"],
@@ -95,7 +130,7 @@ def engine_step(graphdef, backend: str, mesh: Mesh | None, decode_only: bool, nu
 def step_function(graphdef, backend: str, mesh: Mesh | None, shape, carry_len: int):
     """`engine_step` bound to a shape's static settings (what the runner jits)."""
     return functools.partial(engine_step, graphdef, backend, mesh, shape.decode_only, shape.num_logprobs,
-                             shape.prompt_logprobs, carry_len)
+                             shape.prompt_logprobs, carry_len, input_layout(shape))
 
 
 def copy_blocks(kv_pool, src, dst):

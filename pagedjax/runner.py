@@ -32,7 +32,8 @@ from jax.sharding import Mesh
 from models.config import ModelConfig
 from models.sharding import TP_AXIS, kv_pool_sharding, pool_kv_heads, replicated
 from pagedjax.config import DEFAULT_CPU_KV_CACHE_BYTES
-from pagedjax.input_batch import CachedRequest, InputBatch, StepPlan, build_step_inputs, columns_tensors, sample_index
+from pagedjax.input_batch import CachedRequest, InputBatch, StepPlan, build_step_inputs, columns_tensors
+from pagedjax.model_step import input_layout, pack_inputs
 from pagedjax.compiled_steps import CompiledSteps
 from pagedjax.step_shapes import StepBuckets, pow2_at_least
 
@@ -112,6 +113,7 @@ class ModelRunner:
         self.batch = InputBatch(self.max_num_seqs, self.max_blocks_per_seq)
         self._carry = self._zeros_carry()
         self._carry_rows: dict[str, int] = {}
+        self._sampling_cache: tuple = (None, None)  # ((batch version, S), device SamplingTensors)
         self._step_count = 0
 
     def reset_after_failure(self) -> None:
@@ -119,6 +121,10 @@ class ModelRunner:
         if self.kv_pool is not None and self.kv_pool.is_deleted():
             self.kv_pool = self._new_pool(self.num_blocks)
         self.reset_state()
+
+    def _to_device(self, tree):
+        """A host pytree as device arrays (replicated over the mesh, if any)."""
+        return jax.device_put(tree, self._host_sharding) if self._host_sharding is not None else jax.device_put(tree)
 
     def _zeros_carry(self):
         if self.mesh is None:
@@ -215,12 +221,16 @@ class ModelRunner:
         plan = build_step_inputs(self.buckets, self.batch, scheduled, states, self._carry_rows, self.max_num_seqs,
                                  self.block_size)
         sampling = plan.sampling
-        if sampling is None:
-            sampling = columns_tensors(plan.shape, self.batch, len(states), sample_index(plan.shape, states))
+        if sampling is None:  # the persistent columns: on the device already unless the rows changed
+            key = (self.batch.version, plan.shape.num_seqs)
+            if self._sampling_cache[0] != key:
+                self._sampling_cache = (key, self._to_device(columns_tensors(plan.shape, self.batch, len(states))))
+            sampling = self._sampling_cache[1]
         fn = self.steps.get(plan.shape)
-        rng = np.array([self._seed, self._step_count & 0xFFFFFFFF], np.uint32)
+        plan.inputs["rng"] = np.array([self._seed, self._step_count & 0xFFFFFFFF], np.uint32).view(np.int32)
         self._step_count += 1
-        self.kv_pool, self._carry, outs = fn(self.params, self.kv_pool, plan.inputs, sampling, self._carry, rng)
+        packed = pack_inputs(input_layout(plan.shape), plan.inputs)
+        self.kv_pool, self._carry, outs = fn(self.params, self.kv_pool, packed, sampling, self._carry)
         for s, state in zip(scheduled, states):
             if s.sample:
                 state.num_sampled += 1

@@ -164,9 +164,14 @@ def sample(logits, t: SamplingTensors, step_key, *, num_logprobs: int):
     scaled = logits / jnp.where(greedy, 1.0, t.temperature)[:, None]
     needs_filter = jnp.any(((t.top_k > 0) | (t.top_p < 1.0) | (t.min_p > 0.0)) & ~greedy)
     scaled = jax.lax.cond(needs_filter, _filter_top_k_top_p_min_p, lambda s, _: s, scaled, t)
-    keys = _row_keys(step_key, t)
-    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (logits.shape[1],), jnp.float32))(keys)
-    sampled_ids = jnp.argmax(scaled + gumbel, axis=-1)
+
+    def draw(scaled):  # Gumbel-max: one categorical draw per row
+        keys = _row_keys(step_key, t)
+        gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (logits.shape[1],), jnp.float32))(keys)
+        return jnp.argmax(scaled + gumbel, axis=-1)
+
+    # NOTE: an all-greedy batch (the common serving case) skips the random draws altogether
+    sampled_ids = jax.lax.cond(jnp.all(greedy), lambda s: greedy_ids, draw, scaled)
     token_ids = jnp.where(greedy, greedy_ids, sampled_ids).astype(jnp.int32)
     token_logprobs = raw_logprobs[rows, token_ids]
     ranks = jnp.sum(raw_logprobs > token_logprobs[:, None], axis=-1).astype(jnp.int32) + 1
