@@ -1,23 +1,40 @@
-"""Architecture registry: HF `architectures[0]` -> the flags that configure the shared layers."""
+"""Architecture registry: HF `architectures[0]` -> its `Architecture` (models/families/)."""
 
 from __future__ import annotations
 
-from models import llama, mistral, qwen2, qwen3
+import importlib
+import types
+from typing import Mapping
 
-_ARCHITECTURES = {m.ARCHITECTURE: m for m in (llama, mistral, qwen2, qwen3)}
+from models.architecture import Architecture
+
+# Family modules under models/families/, each declaring ARCHITECTURES.
+FAMILY_MODULES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _collect() -> Mapping[str, Architecture]:
+    found = {}
+    for module_name in FAMILY_MODULES:
+        module = importlib.import_module(f"models.families.{module_name}")
+        for arch in module.ARCHITECTURES:
+            if arch.name in found:
+                raise ValueError(f"architecture {arch.name} is declared twice")
+            found[arch.name] = arch
+    return types.MappingProxyType(found)
+
+
+ARCHITECTURES: Mapping[str, Architecture] = _collect()
 
 
 def supported_architectures() -> tuple[str, ...]:
     """Names of the HF architectures this package can build."""
-    return tuple(sorted(_ARCHITECTURES))
+    return tuple(sorted(ARCHITECTURES))
 
 
-def architecture_flags(architecture: str, hf_config: dict) -> dict:
-    """ModelConfig fields specific to `architecture`; ValueError listing the supported ones otherwise."""
-    module = _ARCHITECTURES.get(architecture)
-    if module is None:
-        raise ValueError(
-            f"architecture {architecture!r} is not supported; supported architectures: "
-            f"{', '.join(supported_architectures())}"
-        )
-    return module.flags(hf_config)
+def get_architecture(name: str) -> Architecture:
+    """The `Architecture` named `name`; ValueError listing the supported ones otherwise."""
+    arch = ARCHITECTURES.get(name)
+    if arch is None:
+        raise ValueError(f"architecture {name!r} is not supported; supported architectures: "
+                         f"{', '.join(supported_architectures())}")
+    return arch

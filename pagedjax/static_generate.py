@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from models.contiguous_cache import ContiguousKVCache
-from models.layers import CausalLM
+from models.transformer import CausalLM
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
