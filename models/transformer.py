@@ -34,7 +34,7 @@ class CausalLM(nnx.Module):
         width, hidden = cfg.embedding_width, cfg.hidden_size
         self.embed_tokens = nnx.Embed(cfg.vocab_size, width, dtype=dtype, param_dtype=dtype,
                                       embedding_init=INIT, rngs=rngs)
-        self.embed_positions = (nnx.Embed(cfg.max_position_embeddings + cfg.position_offset, width, dtype=dtype,
+        self.embed_positions = (nnx.Embed(cfg.max_position_embeddings + cfg.position_offset, hidden, dtype=dtype,
                                           param_dtype=dtype, embedding_init=INIT, rngs=rngs)
                                 if cfg.position == "learned" else None)
         self.project_in = linear(width, hidden, False, dtype, rngs) if cfg.embed_dim else None
