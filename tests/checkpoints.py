@@ -27,6 +27,8 @@ LLAMA_BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, nu
                   num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6,
                   bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
 GPT2_BASE = dict(n_embd=64, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2)
+FALCON_BASE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
+                   bos_token_id=1, eos_token_id=2)
 REFERENCE_DIR = "hf_reference"
 
 
@@ -37,6 +39,7 @@ class Variant:
     config_class: str
     kwargs: dict
     std: float = 0.15
+    seed: int = 0  # torch seed of the weights (some seeds' greedy outputs collapse sooner than others)
     convert: Callable[[dict, dict], tuple[dict, dict]] | None = None  # (config, tensors) -> converted
 
 
@@ -145,6 +148,19 @@ VARIANTS: dict[str, Variant] = {
     "gpt-neox-sequential": Variant("GPTNeoXConfig", dict(LLAMA_BASE, num_key_value_heads=None,
                                                          use_parallel_residual=False, attention_bias=False,
                                                          **_rope(partial_rotary_factor=0.5))),
+    # --- Falcon: 7B (multi-query, parallel, 1 norm), new decoder (KV groups, 2 or 1 norms), RW (ALiBi, sequential)
+    "falcon-7b": Variant("FalconConfig", dict(FALCON_BASE)),
+    "falcon-new-decoder": Variant("FalconConfig", dict(FALCON_BASE, new_decoder_architecture=True, num_kv_heads=2,
+                                                       bias=True)),
+    "falcon-new-decoder-1-norm": Variant("FalconConfig", dict(FALCON_BASE, new_decoder_architecture=True,
+                                                              num_kv_heads=2, num_ln_in_parallel_attn=1)),
+    "falcon-rw-alibi": Variant("FalconConfig", dict(FALCON_BASE, alibi=True, multi_query=False, parallel_attn=False,
+                                                    bias=True), std=0.3, seed=1),
+    # --- BLOOM and MPT (ALiBi); 6 heads take the non-power-of-two slope paths
+    "bloom": Variant("BloomConfig", dict(hidden_size=48, n_layer=2, n_head=6, bos_token_id=1, eos_token_id=2), std=0.5, seed=2),
+    "mpt": Variant("MptConfig", dict(d_model=48, n_heads=6, n_layers=2, max_seq_len=256,
+                                     attn_config=dict(alibi=True, alibi_bias_max=8, clip_qkv=0.6),
+                                     bos_token_id=1, eos_token_id=2)),
 }
 
 
@@ -159,7 +175,7 @@ def reference_dir(model_dir: str) -> str:
     return converted if os.path.isdir(converted) else model_dir
 
 
-def build_checkpoint(variant: str, out_dir: str, dtype: str = "float32", seed: int = 0) -> str:
+def build_checkpoint(variant: str, out_dir: str, dtype: str = "float32", seed: int | None = None) -> str:
     """Writes a random-weight checkpoint of `variant` (HF `save_pretrained`) plus the tokenizer."""
     import torch
     import transformers
@@ -167,7 +183,7 @@ def build_checkpoint(variant: str, out_dir: str, dtype: str = "float32", seed: i
     spec = VARIANTS[variant]
     tok = tokenizer()
     config = getattr(transformers, spec.config_class)(vocab_size=len(tok), initializer_range=spec.std, **spec.kwargs)
-    torch.manual_seed(seed)
+    torch.manual_seed(spec.seed if seed is None else seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     model.eval()
     os.makedirs(out_dir, exist_ok=True)
