@@ -9,7 +9,9 @@ from typing import Mapping
 from models.architecture import Architecture
 
 # Family modules under models/families/, each declaring ARCHITECTURES.
-FAMILY_MODULES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_bigcode", "opt", "gptj", "gpt_neox", "falcon", "bloom", "mpt")
+FAMILY_MODULES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_bigcode", "opt", "gptj", "gpt_neox",
+                  "falcon", "bloom", "mpt", "gemma", "phi", "phi3", "starcoder2", "olmo", "stablelm", "granite",
+                  "internlm2", "baichuan")
 
 
 def _collect() -> Mapping[str, Architecture]:

@@ -161,6 +161,35 @@ VARIANTS: dict[str, Variant] = {
     "mpt": Variant("MptConfig", dict(d_model=48, n_heads=6, n_layers=2, max_seq_len=256,
                                      attn_config=dict(alibi=True, alibi_bias_max=8, clip_qkv=0.6),
                                      bos_token_id=1, eos_token_id=2)),
+    # --- Gemma: (1 + w) norms, sqrt(hidden) scale; Gemma 2: sandwich norms, soft-caps and alternating
+    # windows shorter than the prompts; Gemma 3: q/k norms and a local RoPE on windowed layers
+    "gemma": Variant("GemmaConfig", dict(LLAMA_BASE, head_dim=32, num_key_value_heads=1)),
+    "gemma2": Variant("Gemma2Config", dict(LLAMA_BASE, head_dim=16, sliding_window=8, query_pre_attn_scalar=32,
+                                           attn_logit_softcapping=2.0, final_logit_softcapping=5.0)),
+    "gemma3": Variant("Gemma3TextConfig", dict(
+        LLAMA_BASE, head_dim=16, sliding_window=8, query_pre_attn_scalar=16,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    # --- Phi (parallel, partial rotary, q/k LayerNorm) and Phi-3 (fused qkv / gate_up, longrope, window)
+    "phi": Variant("PhiConfig", dict(LLAMA_BASE, num_key_value_heads=4, qk_layernorm=True,
+                                     **_rope(partial_rotary_factor=0.5))),
+    "phi3-longrope": Variant("Phi3Config", dict(
+        LLAMA_BASE, pad_token_id=0, max_position_embeddings=256, original_max_position_embeddings=96,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, short_factor=[1.0 + 0.1 * i for i in range(8)],
+                             long_factor=[1.0 + 0.5 * i for i in range(8)]))),
+    "phi3-window-partial": Variant("Phi3Config", dict(LLAMA_BASE, pad_token_id=0, sliding_window=12, **_rope(partial_rotary_factor=0.5))),
+    "starcoder2": Variant("Starcoder2Config", dict(LLAMA_BASE, norm_epsilon=1e-5, sliding_window=None)),
+    "starcoder2-window": Variant("Starcoder2Config", dict(LLAMA_BASE, norm_epsilon=1e-5, sliding_window=10,
+                                                          tie_word_embeddings=True)),
+    "olmo": Variant("OlmoConfig", dict(LLAMA_BASE, clip_qkv=0.5)),
+    "olmo2": Variant("Olmo2Config", dict(LLAMA_BASE), seed=1),
+    "stablelm": Variant("StableLmConfig", dict(LLAMA_BASE, qk_layernorm=True, use_qkv_bias=True,
+                                               **_rope(partial_rotary_factor=0.25))),
+    "stablelm-parallel": Variant("StableLmConfig", dict(LLAMA_BASE, use_parallel_residual=True,
+                                                        **_rope(partial_rotary_factor=0.5))),
+    "granite": Variant("GraniteConfig", dict(LLAMA_BASE, embedding_multiplier=3.0, attention_multiplier=0.2,
+                                             residual_multiplier=0.5, logits_scaling=2.0)),
 }
 
 

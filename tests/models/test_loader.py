@@ -51,9 +51,9 @@ def test_misshapen_tensor_is_named(llama_dir, tmp_path):
 def test_unsupported_architecture_lists_supported(llama_dir, tmp_path):
     dst = shutil.copytree(llama_dir, tmp_path / "ck")
     cfg = json.loads((dst / "config.json").read_text())
-    cfg["architectures"] = ["GPT2LMHeadModel"]
+    cfg["architectures"] = ["MysteryForCausalLM"]
     (dst / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="GPT2LMHeadModel.*not supported.*LlamaForCausalLM.*MistralForCausalLM"
+    with pytest.raises(ValueError, match="MysteryForCausalLM.*not supported.*GPT2LMHeadModel.*LlamaForCausalLM.*MistralForCausalLM"
                                          ".*Qwen2ForCausalLM.*Qwen3ForCausalLM"):
         load_model(str(dst))
 
