@@ -175,7 +175,7 @@ VARIANTS: dict[str, Variant] = {
     "phi": Variant("PhiConfig", dict(LLAMA_BASE, num_key_value_heads=4, qk_layernorm=True,
                                      **_rope(partial_rotary_factor=0.5))),
     "phi3-longrope": Variant("Phi3Config", dict(
-        LLAMA_BASE, pad_token_id=0, max_position_embeddings=256, original_max_position_embeddings=96,
+        LLAMA_BASE, pad_token_id=0, max_position_embeddings=256, original_max_position_embeddings=128,
         rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, short_factor=[1.0 + 0.1 * i for i in range(8)],
                              long_factor=[1.0 + 0.5 * i for i in range(8)]))),
     "phi3-window-partial": Variant("Phi3Config", dict(LLAMA_BASE, pad_token_id=0, sliding_window=12, **_rope(partial_rotary_factor=0.5))),

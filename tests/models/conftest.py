@@ -41,10 +41,12 @@ def hf_greedy(checkpoint_factory):
             outs = []
             for ids in prompts:
                 model = hf_model(checkpoint_factory(variant))  # fresh: HF's dynamic rope keeps state
+                model.generation_config.eos_token_id = None  # EOS neither stops nor is suppressed (ignore_eos)
                 with torch.no_grad():
-                    out = model.generate(torch.tensor([ids]), max_new_tokens=GREEDY_TOKENS,
-                                         min_new_tokens=GREEDY_TOKENS, do_sample=False, pad_token_id=0)
+                    out = model.generate(torch.tensor([ids]), max_new_tokens=GREEDY_TOKENS, do_sample=False,
+                                         pad_token_id=0)
                 outs.append(out[0, len(ids):].tolist())
+                assert len(outs[-1]) == GREEDY_TOKENS
             cache[key] = outs
         return cache[key]
 
