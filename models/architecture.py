@@ -9,7 +9,8 @@ module (models/families/) and read by the registry, the loader, the sharding rul
         files without the `transformer.` prefix)
     ignored: regexes of checkpoint tensors that are buffers, not parameters
     reference: the transformers class the parity tests compare against (Llama-compatible names
-        and remote-code families are tested through a conversion to it)
+        and remote-code families are tested through a conversion to it); `parity_tested=False`
+        where there is none
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Architecture:
     weight_map: Callable[[Any], list[TensorMap]]
     description: str
     reference: str | None = None  # transformers class tested against; None = `name`
+    parity_tested: bool = True  # False: no HF class to compare with (blocks and weights checked elsewhere)
     partition_rules: tuple[tuple[str, str], ...] = STANDARD_RULES
     presets: Mapping[str, dict] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
     checkpoint_name: Callable[[str], str] = _same_name

@@ -2,8 +2,10 @@
 
 `load_model(model, dtype=...)` resolves a local directory or a hub id, reads `config.json`,
 builds the model abstractly (no memory) and fills every parameter from the checkpoint through
-a strict name map: every checkpoint tensor must be used, every parameter must be found, every
-shape must match, and a clear error names the offending tensor otherwise. Each tensor is
+its family's weight map (models/weights.py: names, transposes, fused tensors split): every
+checkpoint tensor must be used, every parameter must be found, every shape must match, and a
+clear error names the offending tensor otherwise. `hf_tensors` is the inverse (our parameters
+as a checkpoint of the family's layout), `hf_tensor_specs` its shapes without any weights. Each tensor is
 read from a memory map, cast, and sent to its device on its own, so the model never sits
 twice in host memory. Given `sharding_for` (tensor parallelism), each device receives only its
 slice, read straight from the memory map: no device (and no host buffer) holds a whole
@@ -28,7 +30,7 @@ from flax import nnx
 from models.config import ModelConfig
 from models.registry import get_architecture
 from models.safetensors_io import SafetensorsFile
-from models.transformer import CausalLM
+from models.transformer import CausalLM, init_constant
 from models.weights import TensorMap, export_hf_tensors
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -114,11 +116,13 @@ def hf_tensors(cfg: ModelConfig, state: nnx.State) -> dict[str, np.ndarray]:
     return export_hf_tensors(weight_map(cfg), params)
 
 
-def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """HF name -> shape of every tensor a checkpoint of `cfg` holds (allocates nothing)."""
+def hf_tensor_specs(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...], float | None]]:
+    """(HF name, shape, init constant or None for random) of every tensor a checkpoint of `cfg`
+    holds, in weight-map order (allocates nothing): what a random-weight checkpoint writer needs."""
     _, state = abstract_model(cfg, jnp.float32)
-    shapes = {param_name(path): tuple(var.get_value().shape) for path, var in nnx.to_flat_state(state)}
-    return {m.hf: tuple(m.transform.hf_shape([shapes[p] for p in m.ours])) for m in weight_map(cfg)}
+    flat = {param_name(path): (path, tuple(var.get_value().shape)) for path, var in nnx.to_flat_state(state)}
+    return [(m.hf, tuple(m.transform.hf_shape([flat[p][1] for p in m.ours])), init_constant(cfg, flat[m.ours[0]][0]))
+            for m in weight_map(cfg)]
 
 
 def param_name(path: tuple) -> str:

@@ -17,25 +17,11 @@ from flax import nnx
 from models.config import ModelConfig
 from models.loader import abstract_model
 from models.registry import ARCHITECTURES
+from models.transformer import init_constant
 
 # HF config.json contents of each preset (only the fields the models read), from every family's Architecture.
 PRESETS: Mapping[str, dict] = types.MappingProxyType(
     {name: config for arch in ARCHITECTURES.values() for name, config in arch.presets.items()})
-
-
-def is_norm_param(path: tuple) -> bool:
-    """Whether the parameter at `path` belongs to a norm (its weight or bias)."""
-    return str(path[-1]) in ("weight", "bias") and any("norm" in str(p) for p in path[:-1])
-
-
-def init_value(cfg: ModelConfig, path: tuple) -> float | None:
-    """The constant a random-weight model gives the parameter at `path` (None: drawn at random):
-    norm weights the identity scale (1, or 0 for Gemma's (1 + w)), norm biases 0."""
-    if not is_norm_param(path):
-        return None
-    if str(path[-1]) == "bias":
-        return 0.0
-    return 0.0 if cfg.norm_unit_offset else 1.0
 
 
 def preset_config(name: str) -> ModelConfig:
@@ -51,7 +37,7 @@ def random_params(cfg: ModelConfig, dtype, *, seed: int = 0, std: float = 0.02, 
     flat = list(nnx.to_flat_state(abstract_state))
     paths = [path for path, _ in flat]
     shapes = [var.get_value().shape for _, var in flat]
-    constants = [init_value(cfg, path) for path in paths]
+    constants = [init_constant(cfg, path) for path in paths]
 
     def make():
         keys = jax.random.split(jax.random.key(seed), len(paths))

@@ -14,18 +14,18 @@ FAMILY_MODULES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_bigcode", "
                   "internlm2", "baichuan")
 
 
-def _collect() -> Mapping[str, Architecture]:
-    found = {}
+def _collect() -> tuple[Mapping[str, Architecture], Mapping[str, str]]:
+    found, modules = {}, {}
     for module_name in FAMILY_MODULES:
         module = importlib.import_module(f"models.families.{module_name}")
         for arch in module.ARCHITECTURES:
             if arch.name in found:
                 raise ValueError(f"architecture {arch.name} is declared twice")
-            found[arch.name] = arch
-    return types.MappingProxyType(found)
+            found[arch.name], modules[arch.name] = arch, module_name
+    return types.MappingProxyType(found), types.MappingProxyType(modules)
 
 
-ARCHITECTURES: Mapping[str, Architecture] = _collect()
+ARCHITECTURES, FAMILY_OF = _collect()  # name -> Architecture, name -> its family module
 
 
 def supported_architectures() -> tuple[str, ...]:
@@ -40,3 +40,27 @@ def get_architecture(name: str) -> Architecture:
         raise ValueError(f"architecture {name!r} is not supported; supported architectures: "
                          f"{', '.join(supported_architectures())}")
     return arch
+
+
+def architecture_table() -> str:
+    """The README's table of supported architectures (markdown), generated from the registry."""
+    lines = ["| HF architecture | Family module | What the shared blocks are configured with | Tested against |",
+             "| --- | --- | --- | --- |"]
+    for name in supported_architectures():
+        arch = ARCHITECTURES[name]
+        if not arch.parity_tested:
+            tested = "no HF class: weight-map round trip (blocks checked in other families)"
+        elif arch.reference_class == name:
+            tested = f"`{name}`"
+        else:
+            tested = f"`{arch.reference_class}`, via a converted checkpoint"
+        lines.append(f"| `{name}` | `models/families/{FAMILY_OF[name]}.py` | {arch.description} | {tested} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--table"]:
+        raise SystemExit("usage: python -m models.registry --table")
+    print(architecture_table(), end="")

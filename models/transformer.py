@@ -84,3 +84,13 @@ class CausalLM(nnx.Module):
         if cfg.final_logit_softcap is not None:
             logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
         return logits
+
+
+def init_constant(cfg: ModelConfig, path: tuple) -> float | None:
+    """The constant a random-weight model gives the parameter at `path` (None: drawn at random):
+    norm weights their identity scale (1, or 0 for Gemma's (1 + w)), norm biases 0."""
+    if str(path[-1]) not in ("weight", "bias") or not any("norm" in str(p) for p in path[:-1]):
+        return None
+    if str(path[-1]) == "bias":
+        return 0.0
+    return 0.0 if cfg.norm_unit_offset else 1.0

@@ -105,7 +105,7 @@ def write_random_checkpoint(out_dir: str, hf_config: dict, *, std: float = 0.15,
     in the checkpoint layout of the config's architecture."""
     from models.config import ModelConfig
     from models.loader import abstract_model, param_name, weight_map
-    from models.presets import init_value
+    from models.transformer import init_constant
     from models.safetensors_io import save_file
     from models.weights import export_hf_tensors
     from flax import nnx
@@ -116,7 +116,7 @@ def write_random_checkpoint(out_dir: str, hf_config: dict, *, std: float = 0.15,
     params = {}
     for path, var in nnx.to_flat_state(state):
         shape = var.get_value().shape
-        constant = init_value(cfg, path)
+        constant = init_constant(cfg, path)
         params[param_name(path)] = (np.full(shape, constant, np.float32) if constant is not None
                                     else (rng.standard_normal(shape) * std).astype(np.float32))
     tensors = export_hf_tensors(weight_map(cfg), params)

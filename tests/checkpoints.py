@@ -154,6 +154,7 @@ VARIANTS: dict[str, Variant] = {
                                                        bias=True)),
     "falcon-new-decoder-1-norm": Variant("FalconConfig", dict(FALCON_BASE, new_decoder_architecture=True,
                                                               num_kv_heads=2, num_ln_in_parallel_attn=1)),
+    "falcon-rw-name": Variant("FalconConfig", dict(FALCON_BASE), convert=_rename_architecture("RWForCausalLM")),
     "falcon-rw-alibi": Variant("FalconConfig", dict(FALCON_BASE, alibi=True, multi_query=False, parallel_attn=False,
                                                     bias=True), std=0.3, seed=1),
     # --- BLOOM and MPT (ALiBi); 6 heads take the non-power-of-two slope paths
@@ -196,6 +197,19 @@ VARIANTS: dict[str, Variant] = {
 @functools.lru_cache(maxsize=1)
 def tokenizer():
     return train_tokenizer()
+
+
+def hf_config_dict(variant: str) -> dict:
+    """The `config.json` contents of `variant` without building its weights (conversions that
+    need tensors, InternLM2's and Baichuan's, get them from `build_checkpoint`)."""
+    import transformers
+
+    spec = VARIANTS[variant]
+    config = getattr(transformers, spec.config_class)(vocab_size=len(tokenizer()), initializer_range=spec.std,
+                                                      **spec.kwargs)
+    model_class = transformers.AutoModelForCausalLM._model_mapping[type(config)]
+    config = {**config.to_dict(), "architectures": [model_class.__name__]}
+    return spec.convert(config, {})[0] if spec.convert else config
 
 
 def reference_dir(model_dir: str) -> str:
