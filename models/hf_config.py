@@ -15,7 +15,7 @@ _ROPE_ALIASES = {"su": "longrope"}  # Phi-3's early configs
 
 
 def get(hf: Mapping[str, Any], *names: str, default: Any = _MISSING) -> Any:
-    """The value of the first of `names` present (and not None) in `hf`; KeyError if none and no default."""
+    """The value of the first of `names` present (and not None) in `hf`; ValueError if none and no default."""
     for name in names:
         if hf.get(name) is not None:
             return hf[name]
