@@ -133,7 +133,6 @@ VARIANTS: dict[str, Variant] = {
     "gpt2-scale-by-layer": Variant("GPT2Config", dict(GPT2_BASE, n_head=8, scale_attn_by_inverse_layer_idx=True,
                                                       tie_word_embeddings=False)),
     "gpt-bigcode": Variant("GPTBigCodeConfig", dict(GPT2_BASE)),
-    "gpt-bigcode-mha": Variant("GPTBigCodeConfig", dict(GPT2_BASE, multi_query=False)),
     # --- OPT: pre-norm (125m-like) and post-norm with project_in/out (350m-like)
     "opt": Variant("OPTConfig", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                                      max_position_embeddings=256, word_embed_proj_dim=64, bos_token_id=1,
@@ -180,7 +179,6 @@ VARIANTS: dict[str, Variant] = {
         rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, short_factor=[1.0 + 0.1 * i for i in range(8)],
                              long_factor=[1.0 + 0.5 * i for i in range(8)]))),
     "phi3-window-partial": Variant("Phi3Config", dict(LLAMA_BASE, pad_token_id=0, sliding_window=12, **_rope(partial_rotary_factor=0.5))),
-    "starcoder2": Variant("Starcoder2Config", dict(LLAMA_BASE, norm_epsilon=1e-5, sliding_window=None)),
     "starcoder2-window": Variant("Starcoder2Config", dict(LLAMA_BASE, norm_epsilon=1e-5, sliding_window=10,
                                                           tie_word_embeddings=True)),
     "olmo": Variant("OlmoConfig", dict(LLAMA_BASE, clip_qkv=0.5)),

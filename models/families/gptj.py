@@ -7,6 +7,7 @@ from __future__ import annotations
 from models import hf_config
 from models.architecture import Architecture
 from models.config import ModelConfig
+from models.families._llama_like import attention_weights
 from models.weights import TensorMap, embedding, linear, norm
 
 
@@ -30,9 +31,7 @@ def _weights(cfg: ModelConfig) -> list[TensorMap]:
     for i in range(cfg.num_layers):
         hf, ours = f"transformer.h.{i}", f"layers.{i}"
         maps += norm(f"{hf}.ln_1", f"{ours}.input_layernorm", bias=True)
-        for hf_name, ours_name in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"),
-                                   ("out_proj", "o_proj")):
-            maps += linear(f"{hf}.attn.{hf_name}", f"{ours}.self_attn.{ours_name}", False)
+        maps += attention_weights(cfg, hf, ours, hf_attn="attn", names=("q_proj", "k_proj", "v_proj", "out_proj"))
         maps += linear(f"{hf}.mlp.fc_in", f"{ours}.mlp.up_proj", True)
         maps += linear(f"{hf}.mlp.fc_out", f"{ours}.mlp.down_proj", True)
     return maps

@@ -7,6 +7,7 @@ from __future__ import annotations
 from models import hf_config
 from models.architecture import Architecture, prefix_adder
 from models.config import ModelConfig
+from models.families._llama_like import attention_weights
 from models.weights import TensorMap, embedding, linear, norm
 
 PRESETS = {
@@ -47,9 +48,7 @@ def _weights(cfg: ModelConfig) -> list[TensorMap]:
         hf, ours = f"{d}.layers.{i}", f"layers.{i}"
         maps += norm(f"{hf}.self_attn_layer_norm", f"{ours}.input_layernorm", **layer_norm)
         maps += norm(f"{hf}.final_layer_norm", f"{ours}.post_attention_layernorm", **layer_norm)
-        for hf_name, ours_name in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"),
-                                   ("out_proj", "o_proj")):
-            maps += linear(f"{hf}.self_attn.{hf_name}", f"{ours}.self_attn.{ours_name}", cfg.qkv_bias)
+        maps += attention_weights(cfg, hf, ours, names=("q_proj", "k_proj", "v_proj", "out_proj"))
         maps += linear(f"{hf}.fc1", f"{ours}.mlp.up_proj", cfg.mlp_bias)
         maps += linear(f"{hf}.fc2", f"{ours}.mlp.down_proj", cfg.mlp_bias)
     return maps
