@@ -7,9 +7,6 @@ without a download or a host copy. Presets carry no tokenizer; prompts are token
 
 from __future__ import annotations
 
-import types
-from typing import Mapping
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -19,9 +16,9 @@ from models.loader import abstract_model
 from models.registry import ARCHITECTURES
 from models.transformer import init_constant
 
-# HF config.json contents of each preset (only the fields the models read), from every family's Architecture.
-PRESETS: Mapping[str, dict] = types.MappingProxyType(
-    {name: config for arch in ARCHITECTURES.values() for name, config in arch.presets.items()})
+# HF config.json contents of each preset (only the fields the models read), gathered from every
+# family's Architecture. NOTE: a plain dict, as callers have always had it (tests add presets to it).
+PRESETS: dict[str, dict] = {name: config for arch in ARCHITECTURES.values() for name, config in arch.presets.items()}
 
 
 def preset_config(name: str) -> ModelConfig:
