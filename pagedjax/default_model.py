@@ -101,24 +101,25 @@ def tiny_llama_config(vocab_size: int, **overrides) -> dict:
 
 
 def write_random_checkpoint(out_dir: str, hf_config: dict, *, std: float = 0.15, seed: int = 0) -> None:
-    """Writes `config.json` and `model.safetensors` with N(0, std) weights (ones for norms)."""
+    """Writes `config.json` and `model.safetensors` with N(0, std) weights (norms at their identity),
+    in the checkpoint layout of the config's architecture."""
     from models.config import ModelConfig
-    from models.loader import abstract_model, hf_name
+    from models.loader import abstract_model, param_name, weight_map
+    from models.transformer import init_constant
     from models.safetensors_io import save_file
+    from models.weights import export_hf_tensors
     from flax import nnx
 
     cfg = ModelConfig.from_hf_dict(hf_config)
     _, state = abstract_model(cfg, np.float32)
     rng = np.random.default_rng(seed)
-    tensors = {}
+    params = {}
     for path, var in nnx.to_flat_state(state):
-        name, transposed = hf_name(path)
         shape = var.get_value().shape
-        if path[-1] == "weight" and "norm" in str(path[-2]):
-            value = np.ones(shape, np.float32)
-        else:
-            value = (rng.standard_normal(shape) * std).astype(np.float32)
-        tensors[name] = value.T if transposed else value
+        constant = init_constant(cfg, path)
+        params[param_name(path)] = (np.full(shape, constant, np.float32) if constant is not None
+                                    else (rng.standard_normal(shape) * std).astype(np.float32))
+    tensors = export_hf_tensors(weight_map(cfg), params)
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:

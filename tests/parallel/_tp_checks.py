@@ -32,8 +32,12 @@ from pagedjax.runner import ModelRunner
 from tests.parallel.tp_workload import run_workload
 
 # (variant, tensor-parallel degree): plain head sharding, KV heads replicated (tp > num_kv_heads),
-# q/k norm (Qwen3), tied embeddings with q/k/v/o biases.
-CASES = [("llama", 2), ("llama", 4), ("llama-8q2kv", 8), ("qwen3", 2), ("llama-tied-headdim32", 4)]
+# q/k norm (Qwen3), tied embeddings with q/k/v/o biases; then other families' layouts: GPT-2
+# (split Conv1D qkv, learned positions, biases), Falcon's grouped qkv with KV heads replicated,
+# GPT-NeoX (per-head fused qkv, partial rotary, parallel block), OLMo 2 (a q/k norm over all
+# heads: sharded activations), OPT-350m (post-norm, replicated project_in/out).
+CASES = [("llama", 2), ("llama", 4), ("llama-8q2kv", 8), ("qwen3", 2), ("llama-tied-headdim32", 4),
+         ("gpt2", 2), ("falcon-new-decoder", 4), ("gpt-neox", 4), ("olmo2", 2), ("opt-350m-post-norm", 2)]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +82,8 @@ def _check_sharded(array, spec: P, tp: int):
     assert len({s.device for s in array.addressable_shards}) == tp
 
 
-@pytest.mark.parametrize("variant,tp", [("llama", 2), ("llama-8q2kv", 8), ("llama-tied-headdim32", 4)])
+@pytest.mark.parametrize("variant,tp", [("llama", 2), ("llama-8q2kv", 8), ("llama-tied-headdim32", 4), ("gpt2", 2),
+                                        ("falcon-new-decoder", 4)])
 def test_each_device_holds_its_share_of_the_weights(variant, tp, tp_engines):
     llm = tp_engines[(variant, tp)]
     cfg = llm.engine.model_config
@@ -90,7 +95,9 @@ def test_each_device_holds_its_share_of_the_weights(variant, tp, tp_engines):
                 "embed_tokens.embedding": P(TP_AXIS, None), "lm_head.kernel": column,
                 "q_proj.bias": P(TP_AXIS), "k_proj.bias": P() if replicate_kv else P(TP_AXIS),
                 "v_proj.bias": P() if replicate_kv else P(TP_AXIS),
-                "o_proj.bias": P(), "norm.weight": P(), "layernorm.weight": P()}
+                "o_proj.bias": P(), "norm.weight": P(), "layernorm.weight": P(), "norm.bias": P(),
+                "layernorm.bias": P(), "up_proj.bias": P(TP_AXIS), "down_proj.bias": P(),
+                "embed_positions.embedding": P()}
     per_device = np.zeros(tp)
     total = 0
     for path, var in nnx.to_flat_state(llm.engine.runner.params):
