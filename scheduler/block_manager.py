@@ -17,6 +17,11 @@ Semantics follow vLLM v1's block pool / KV cache manager:
   for the runner to copy (`take_copies`) before the step's KV writes. Full shared
   blocks are never written: appends go to the partial last block or to new blocks.
 
+- Sliding windows: for a model whose every layer attends to the last W positions only, a
+  sequence's leading blocks that fall wholly outside the window of every position still to be
+  computed are given back (`drop_blocks_before`): their table entries become NULL_BLOCK and
+  they go to the free queue (keeping their prefix-cache hash), vLLM's sliding-window manager.
+
 NOTE: invariants (checked by tests/scheduler):
 - a block is either free (ref count 0, in the free queue exactly once) or held
   (ref count == the number of block tables that contain it; no table holds a block twice);
@@ -32,6 +37,8 @@ from collections.abc import Sequence
 
 from scheduler.request import Request
 
+# A table entry whose block was given back (it fell wholly outside a sliding window).
+NULL_BLOCK = -1
 # The parent hash of every sequence's first block.
 _ROOT_HASH = hashlib.sha256(b"pagedjax prefix cache root").digest()
 
@@ -76,6 +83,8 @@ class BlockManager:
         self._copies: list[tuple[int, int]] = []
         # Per sequence: the first block-table index changed since `pop_table_change`.
         self._changed_from: dict[str, int] = {}
+        # Per sequence: leading table entries given back (sliding window).
+        self._num_dropped: dict[str, int] = {}
         self.prefix_cache_queries = 0  # tokens of admitted requests looked up
         self.prefix_cache_hits = 0  # of those, tokens found in the cache
 
@@ -128,6 +137,8 @@ class BlockManager:
         for request_id, table in self._tables.items():
             num_tokens = self._num_slotted_tokens[request_id]
             for i, block_id in enumerate(table):
+                if block_id == NULL_BLOCK:
+                    continue
                 filled = min(bs, num_tokens - i * bs)
                 if filled > fill.get(block_id, 0):
                     fill[block_id] = filled
@@ -272,6 +283,8 @@ class BlockManager:
         hashes = request.block_hashes
         for i in range(done, num_full):
             block_id = table[i]
+            if block_id == NULL_BLOCK:
+                continue
             if self._block_hash[block_id] is None and hashes[i] not in self._hash_to_block:
                 self._hash_to_block[hashes[i]] = block_id
                 self._block_hash[block_id] = hashes[i]
@@ -288,8 +301,12 @@ class BlockManager:
             return
         shared = table[: cdiv(num_shared_tokens, self.block_size)]
         for block_id in shared:
-            self._ref_counts[block_id] += 1
+            if block_id != NULL_BLOCK:
+                self._ref_counts[block_id] += 1
         self._tables[child.request_id] = list(shared)
+        dropped = sum(1 for b in shared if b == NULL_BLOCK)
+        if dropped:
+            self._num_dropped[child.request_id] = dropped
         num_shared_full = num_shared_tokens // self.block_size
         self._num_registered[child.request_id] = min(self._num_registered[parent.request_id], num_shared_full)
         self._num_slotted_tokens[child.request_id] = num_shared_tokens
@@ -302,15 +319,36 @@ class BlockManager:
         to the free queue's tail, last block first. Unknown ids are a no-op."""
         table = self._tables.pop(request_id, None)
         self._changed_from.pop(request_id, None)
+        self._num_dropped.pop(request_id, None)
         self._num_registered.pop(request_id, None)
         self._num_slotted_tokens.pop(request_id, None)
         if table is None:
             return
         ref_counts, free = self._ref_counts, self._free
         for block_id in reversed(table):
+            if block_id == NULL_BLOCK:
+                continue
             ref_counts[block_id] -= 1
             if ref_counts[block_id] == 0:
                 free[block_id] = None
+
+    def drop_blocks_before(self, request_id: str, num_blocks: int) -> None:
+        """Gives back the sequence's first `num_blocks` blocks (sliding window: no position still
+        to compute attends to them): entries become NULL_BLOCK, blocks whose reference count
+        reaches 0 go to the free queue's tail (they keep their prefix-cache hash)."""
+        table = self._tables.get(request_id)
+        if table is None:
+            return
+        ref_counts, free = self._ref_counts, self._free
+        for i in range(self._num_dropped.get(request_id, 0), min(num_blocks, len(table))):
+            block_id = table[i]
+            if block_id != NULL_BLOCK:
+                ref_counts[block_id] -= 1
+                if ref_counts[block_id] == 0:
+                    free[block_id] = None
+                table[i] = NULL_BLOCK
+        if num_blocks > self._num_dropped.get(request_id, 0):
+            self._num_dropped[request_id] = min(num_blocks, len(table))
 
     def take_copies(self) -> list[tuple[int, int]]:
         """The copy-on-write (src, dst) block pairs queued since the last call, in
@@ -324,8 +362,11 @@ class BlockManager:
         and debugging, never in the step loop."""
         holders = [0] * self.num_blocks
         for request_id, table in self._tables.items():
-            assert len(set(table)) == len(table), f"{request_id} holds a block twice: {table}"
-            for block_id in table:
+            held = [b for b in table if b != NULL_BLOCK]
+            assert len(set(held)) == len(held), f"{request_id} holds a block twice: {table}"
+            assert table[: len(table) - len(held)] == [NULL_BLOCK] * (len(table) - len(held)), \
+                f"{request_id}: dropped blocks must lead its table: {table}"
+            for block_id in held:
                 holders[block_id] += 1
         assert len(self._free) == len(set(self._free)), "free queue has duplicates"
         for block_id in range(self.num_blocks):

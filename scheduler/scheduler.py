@@ -54,12 +54,17 @@ class SchedulerConfig:
     max_num_seqs: int = 256  # most requests scheduled in one step
     max_num_batched_tokens: int = 8192  # most tokens computed in one step (all requests)
     enable_prefix_caching: bool = True  # reuse cached full blocks across requests
+    # Every layer attends to the last `sliding_window` positions only: blocks wholly before the
+    # window of the next position to compute are given back. None = full attention somewhere.
+    sliding_window: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_blocks", "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be an int >= 1, got {value!r}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window < 1):
+            raise ValueError(f"SchedulerConfig.sliding_window must be None or an int >= 1, got {self.sliding_window!r}")
         if not isinstance(self.enable_prefix_caching, bool):
             raise ValueError(
                 f"SchedulerConfig.enable_prefix_caching must be a bool, got {self.enable_prefix_caching!r}"
@@ -118,6 +123,9 @@ class Scheduler:
                 f"max_model_len={config.max_model_len}; shorten the prompt or raise max_model_len"
             )
         num_kv_tokens = self.max_kv_tokens(request)
+        if config.sliding_window is not None:  # only the window (and a chunk) is held at once
+            num_kv_tokens = min(num_kv_tokens, config.sliding_window + config.max_num_batched_tokens
+                                + config.block_size)
         if cdiv(num_kv_tokens, config.block_size) > config.num_blocks:
             raise ValueError(
                 f"request {request.request_id!r} needs KV for up to {num_kv_tokens} tokens "
@@ -265,6 +273,7 @@ class Scheduler:
         max_model_len = config.max_model_len
         max_num_seqs = config.max_num_seqs
         budget = config.max_num_batched_tokens
+        window = config.sliding_window
         scheduled: list[ScheduledRequest] = []
         new_requests: list[NewRequestData] = []
         preempted: list[str] = []
@@ -281,6 +290,8 @@ class Scheduler:
                 continue  # its tokens in flight finish it: nothing left to compute
             if num_new > budget:
                 num_new = budget
+            if window is not None and start >= window:
+                block_manager.drop_blocks_before(request.request_id, (start - window + 1) // config.block_size)
             block_ids = allocate(request, num_new)
             while block_ids is None:
                 victim = running.pop()
@@ -323,6 +334,8 @@ class Scheduler:
                 block_ids = allocate(request, num_new, computed_blocks)
                 if block_ids is None:
                     break
+                if window is not None and num_cached >= window:
+                    block_manager.drop_blocks_before(request.request_id, (num_cached - window + 1) // config.block_size)
                 waiting.popleft()
                 if request.status is RequestStatus.WAITING:
                     request.num_cached_tokens = num_cached

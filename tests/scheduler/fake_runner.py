@@ -17,23 +17,27 @@ from scheduler import Request, Scheduler, SchedulerOutput, StopCriteria, check_s
 VOCAB = 13
 
 
-def fake_model(tokens: list[int]) -> int:
-    """The 'next token' of a sequence: a deterministic function of all its tokens."""
+def fake_model(tokens: list[int], window: int | None = None) -> int:
+    """The 'next token' of a sequence: a deterministic function of all its tokens (of its last
+    `window` ones for a sliding-window model)."""
+    if window is not None:
+        tokens = tokens[-window:]
     return zlib.crc32(array("q", tokens).tobytes()) % VOCAB
 
 
-def child_first_token(prompt: list[int], index: int) -> int:
+def child_first_token(prompt: list[int], index: int, window: int | None = None) -> int:
     """The first token the fake runner samples for fork child `index` of a request."""
-    return (fake_model(prompt) + 1 + index) % VOCAB
+    return (fake_model(prompt, window) + 1 + index) % VOCAB
 
 
-def reference(prompt: list[int], stop: StopCriteria, max_model_len: int, outputs: list[int] = ()):
+def reference(prompt: list[int], stop: StopCriteria, max_model_len: int, outputs: list[int] = (),
+              window: int | None = None):
     """What a request produces with no scheduling constraints: (outputs, finish_reason, stop_reason)."""
     request = Request("reference", prompt, stop, output_token_ids=outputs)
     if outputs and check_stop(request, max_model_len):
         return request.output_token_ids, request.finish_reason, request.stop_reason
     while True:
-        request.append_output_token(fake_model(request.all_token_ids))
+        request.append_output_token(fake_model(request.all_token_ids, window))
         if check_stop(request, max_model_len):
             return request.output_token_ids, request.finish_reason, request.stop_reason
 
@@ -54,6 +58,7 @@ class FakeRunner:
         self.tokens: dict[str, list[int]] = {}  # the runner's own copy of each request's tokens
         self.tables: dict[str, list[int]] = {}
         self.children: dict[str, tuple[str, ...]] = {}  # fork children sampled at the first sample
+        self.window = scheduler.config.sliding_window  # a sliding-window model reads only its window
 
     def slot(self, block_ids, position: int) -> int:
         bs = self.config.block_size
@@ -95,15 +100,17 @@ class FakeRunner:
         for s in output.scheduled:
             end = s.start_position + s.num_tokens
             tokens = self.tokens[s.request_id]
-            context = [self.kv[self.slot(self.tables[s.request_id], p)] for p in range(end)]
-            assert context == tokens[:end]
+            first = 0 if self.window is None else max(0, s.start_position - self.window + 1)
+            context = [self.kv[self.slot(self.tables[s.request_id], p)] for p in range(first, end)]
+            assert context == tokens[first:end]
+            context = tokens[:end]  # (the windowed fake model reads only the last `window` of it)
             request = self.scheduler.get_request(s.request_id)
             if request is not None:  # known tokens agree (the runner may be one sample ahead)
                 assert tokens[: request.num_tokens] == request.all_token_ids
             if s.sample:
-                token = fake_model(context)
+                token = fake_model(context, self.window)
                 sampled[s.request_id] = token
                 tokens.append(token)  # the runner's own copy, as the device feeds the next step
                 for i, child_id in enumerate(self.children.pop(s.request_id, ())):
-                    sampled[child_id] = child_first_token(context, i)
+                    sampled[child_id] = child_first_token(context, i, self.window)
         return sampled

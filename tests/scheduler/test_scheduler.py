@@ -623,3 +623,48 @@ def test_recover_from_failure_recomputes_everything_and_counts_the_lost_step():
     assert lost.scheduled and scheduler.num_in_flight == 0
     finished = run_to_completion(scheduler, FakeRunner(scheduler))  # a fresh runner: nothing was kept
     assert finished["a"].output_token_ids == reference(list(range(9)), StopCriteria(max_tokens=6), 128)[0]
+
+
+# ------------------------------------------------------------ sliding window
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+@pytest.mark.parametrize("caching", [True, False])
+def test_sliding_window_gives_back_blocks_outside_the_window(async_scheduling, caching):
+    """Every layer windowed (Mistral v0.1, Starcoder2): a request holds only the blocks its window
+    still needs, so generations far longer than the pool fit, and outputs equal the windowed
+    reference."""
+    window, block_size = 6, 2
+    scheduler = make_scheduler(num_blocks=14, block_size=block_size, max_model_len=200, max_num_seqs=2,
+                               max_num_batched_tokens=4, sliding_window=window, enable_prefix_caching=caching)
+    peak = [0]
+    runner = FakeRunner(scheduler)
+    execute = runner.execute
+
+    def observed(output):
+        peak[0] = max(peak[0], scheduler.block_manager.num_used_blocks)
+        return execute(output)
+
+    runner.execute = observed
+    requests = [("a", list(range(1, 12)), 60), ("b", [3, 1, 4, 1, 5, 9, 2, 6], 50)]
+    for rid, prompt, max_tokens in requests:
+        scheduler.add_request(req(rid, prompt, max_tokens=max_tokens))  # 70 and 57 tokens: 35 + 29 blocks
+    finished = run_to_completion(scheduler, runner, async_scheduling=async_scheduling)
+    for rid, prompt, max_tokens in requests:
+        want = reference(prompt, StopCriteria(max_tokens=max_tokens), 200, window=window)
+        assert (finished[rid].output_token_ids, finished[rid].finish_reason) == want[:2]
+    assert peak[0] <= 14  # (the whole generations would need 64 blocks)
+    scheduler.block_manager.check_invariants()
+
+
+def test_dropped_blocks_lead_the_table_and_stay_cached():
+    scheduler = make_scheduler(block_size=2, sliding_window=3, max_num_batched_tokens=64)
+    scheduler.add_request(req("a", list(range(10)), max_tokens=3))
+    step(scheduler)  # prefill 10 tokens: nothing dropped yet (the first query still sees position 0)
+    output, _ = step(scheduler)  # computes position 10: its window is 8..10, blocks 0-3 are done
+    table = scheduler.block_manager.block_table("a")
+    assert table[:4] == [-1] * 4 and -1 not in table[4:]
+    assert scheduler.block_manager.num_used_blocks == len(table) - 4
+    assert scheduler.stats()["num_cached_kv_blocks"] >= 4  # given back, still hashed for prefix hits
+    scheduler.block_manager.check_invariants()
+    drain(scheduler)

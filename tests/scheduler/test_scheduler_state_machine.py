@@ -27,8 +27,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         max_num_seqs=st.integers(1, 4),
         caching=st.booleans(),
         async_scheduling=st.booleans(),
+        window=st.none() | st.integers(2, 9),
     )
-    def setup(self, num_blocks, block_size, budget, max_num_seqs, caching, async_scheduling):
+    def setup(self, num_blocks, block_size, budget, max_num_seqs, caching, async_scheduling, window):
         self.scheduler = Scheduler(
             SchedulerConfig(
                 num_blocks=num_blocks,
@@ -37,8 +38,10 @@ class SchedulerMachine(RuleBasedStateMachine):
                 max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=budget,
                 enable_prefix_caching=caching,
+                sliding_window=window,
             )
         )
+        self.window = window
         self.runner = FakeRunner(self.scheduler)
         self.async_scheduling = async_scheduling
         self.pending = []  # (output, sampled) executed, update() still due
@@ -76,17 +79,19 @@ class SchedulerMachine(RuleBasedStateMachine):
         request = Request(self.new_id(), prompt, stop, fork_children=children)
         config = self.scheduler.config
         kv_tokens = min(len(prompt) + max_tokens, max(config.max_model_len, len(prompt) + 1)) - 1
+        if self.window is not None:
+            kv_tokens = min(kv_tokens, self.window + config.max_num_batched_tokens + config.block_size)
         fits = len(prompt) <= config.max_model_len and -(-kv_tokens // config.block_size) <= config.num_blocks
         if not fits:
             with pytest.raises(ValueError):
                 self.scheduler.add_request(request)
             return
         self.scheduler.add_request(request)
-        self.expected[request.request_id] = reference(prompt, stop, config.max_model_len)
+        self.expected[request.request_id] = reference(prompt, stop, config.max_model_len, window=self.window)
         for i, child in enumerate(children):
             event("fork children")
             self.expected[child.request_id] = reference(prompt, stop, config.max_model_len,
-                                                        [child_first_token(prompt, i)])
+                                                        [child_first_token(prompt, i, self.window)], window=self.window)
 
     @precondition(lambda self: hasattr(self, "scheduler"))
     @rule()
@@ -158,11 +163,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         if self.scheduler.fork_request(parent.request_id, child):
             assert child.status.is_finished
             assert (child.output_token_ids, child.finish_reason, child.stop_reason) == reference(
-                parent.prompt_token_ids, parent.stop, config.max_model_len, outputs
+                parent.prompt_token_ids, parent.stop, config.max_model_len, outputs, window=self.window
             )
         else:
             self.expected[child.request_id] = reference(
-                parent.prompt_token_ids, parent.stop, config.max_model_len, outputs
+                parent.prompt_token_ids, parent.stop, config.max_model_len, outputs, window=self.window
             )
 
     @invariant()
