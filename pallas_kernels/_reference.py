@@ -96,6 +96,9 @@ def dense_reference(q, k, v, key_pos, key_valid, query_pos, row_ok, spec: Attent
     group = num_q_heads // num_kv_heads
     k = jnp.where(key_valid[:, :, None, None], k, 0)
     v = jnp.where(key_valid[:, :, None, None], v, 0)
+    if k_scale is not None:  # scales of keys without data may be garbage too
+        k_scale = jnp.where(key_valid[:, None, :], k_scale, 0)
+        v_scale = jnp.where(key_valid[:, None, :], v_scale, 0)
     qg = q.reshape(n, r, num_kv_heads, group, head_dim)
     logits = jnp.einsum("nrkgd,nlkd->nkgrl", qg, k, preferred_element_type=jnp.float32,
                         precision=lax.Precision.HIGHEST) * spec.sm_scale  # [n, KVH, G, r, L]

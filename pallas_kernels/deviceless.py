@@ -98,7 +98,8 @@ def target_device(target: str = DEFAULT_TARGET):
     return topology.devices[0]
 
 
-def _on_device(tree, device):
+def place_on_device(tree, device):
+    """`tree` with every `jax.ShapeDtypeStruct` leaf placed on `device` (e.g. `target_device()`)."""
     sharding = SingleDeviceSharding(device)
 
     def place(x):
@@ -122,7 +123,7 @@ def compile_for_target(fn, *abstract_args, target: str = DEFAULT_TARGET,
     RESOURCE_EXHAUSTED: shared memory size limit exceeded).
     """
     device = target_device(target)
-    args = _on_device(abstract_args, device)
+    args = place_on_device(abstract_args, device)
     with tempfile.TemporaryDirectory(prefix="pagedjax-deviceless-") as dump:
         # NOTE: a fresh dump path per call also keeps the persistent cache from serving a
         # compile whose dump we need.

@@ -217,7 +217,8 @@ class KVPool:
                 raise ValueError(f"a {layout.dtype} KV pool has no scales, got {getattr(scales, 'shape', scales)}")
             return
         if scales is None:
-            raise ValueError(f"a {layout.dtype} KV pool needs scales {layout.scale_dtype}{list(expected)}")
+            raise ValueError(f"a {layout.dtype} KV pool needs scales {layout.scale_dtype}{list(expected)}"
+                             " (pass the KVPool, not its bare data array)")
         if hasattr(scales, "shape") and (tuple(scales.shape) != expected
                                          or jnp.dtype(scales.dtype) != layout.scale_dtype):
             raise ValueError(f"a {layout.dtype} KV pool needs scales {layout.scale_dtype}{list(expected)},"
