@@ -89,7 +89,8 @@ class KVPoolLayout:
         object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
         allowed = (jnp.float32, jnp.bfloat16, jnp.float16, *FP8_DTYPES, jnp.int8)
         if self.dtype not in [jnp.dtype(d) for d in allowed]:
-            raise ValueError(f"KVPoolLayout.dtype {self.dtype} is not a KV storage dtype")
+            raise ValueError(f"dtype {self.dtype} is not supported as KV storage (float32, bfloat16,"
+                             " float16, float8_e4m3fn, float8_e5m2, int8)")
 
     @classmethod
     def create(cls, num_layers: int, num_kv_heads: int, block_size: int, head_dim: int, *,
@@ -208,8 +209,8 @@ class KVPool:
         if not hasattr(data, "shape") or not hasattr(data, "dtype"):
             return  # a pytree transform (vmap, tree.map over shardings) put other leaves here
         if len(data.shape) != 6 or data.shape[1] != 2:
-            raise ValueError("kv_pool data must be [num_layers, 2, num_kv_heads, num_blocks,"
-                             f" block_size, head_dim], got shape {tuple(data.shape)}")
+            raise ValueError("kv_pool must be [num_layers, 2, num_kv_heads, num_blocks, block_size,"
+                             f" head_dim] (KVPool.data), got shape {tuple(data.shape)}")
         layout = self.layout
         expected = layout.scale_shape(data.shape[3])
         if expected is None:

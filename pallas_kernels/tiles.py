@@ -100,20 +100,20 @@ def check_fits(*, rows: int, head_dim: int, block_kv: int, q_dtype, kv_dtype, nu
         raise ValueError(
             f"tiles of {rows} q rows x {block_kv} KV tokens x head_dim {head_dim} ({jnp.dtype(q_dtype)}"
             f" q, {jnp.dtype(kv_dtype)} KV, num_stages={num_stages}) need ~{need} bytes of shared"
-            f" memory, over the {limits.shared_memory_per_block_optin} of {target}: lower block_q,"
+            f" memory, over the {limits.shared_memory_per_block_optin} of {target}: lower block_q"
             " or block_kv")
 
 
 def default_block_kv(kind: str, head_dim: int, *, q_dtype=jnp.bfloat16, kv_dtype=None) -> int:
-    """KV tokens per tile: ragged 32; decode 64, or 32 where a 64-token tile makes ptxas spill
-    registers on sm_90 (a head-dim row of q over 256 bytes: f32 past 64 lanes, bf16 past 128;
-    fp8 pools, whose conversions need the registers)."""
+    """KV tokens per tile: ragged 32; decode 64 for 2-byte q up to head_dim 128 over a pool in
+    q's dtype or int8, else 32 (where 64 makes ptxas spill registers on sm_90: float32 q, head
+    dim 256, fp8 pools, whose conversions need the registers)."""
     if kind != "decode":
         return 32
-    row_bytes = next_pow2(head_dim) * jnp.dtype(q_dtype).itemsize
     kv_dtype = q_dtype if kv_dtype is None else kv_dtype
     fp8 = jnp.dtype(kv_dtype) in (jnp.dtype(jnp.float8_e4m3fn), jnp.dtype(jnp.float8_e5m2))
-    return 64 if row_bytes <= 256 and not fp8 else 32
+    two_byte = jnp.dtype(q_dtype).itemsize == 2
+    return 64 if two_byte and next_pow2(head_dim) <= 128 and not fp8 else 32
 
 
 def max_ragged_rows(head_dim: int, q_dtype) -> int:

@@ -68,13 +68,13 @@ def test_bytes_per_block_counts_every_layer_head_and_scale():
     (lambda: pk.KVPoolLayout.create(L, HKV, BS, D, model_dtype=jnp.bfloat16, kv_cache_dtype="fp4"),
      "kv_cache_dtype must be one of"),
     (lambda: pk.KVPoolLayout(0, HKV, BS, D, jnp.bfloat16), "num_layers must be an int >= 1"),
-    (lambda: pk.KVPoolLayout(L, HKV, BS, D, jnp.int32), "not a KV storage dtype"),
+    (lambda: pk.KVPoolLayout(L, HKV, BS, D, jnp.int32), "dtype int32 is not supported as KV storage"),
     (lambda: _layout("auto").allocate(0), "num_blocks must be an int >= 1"),
     (lambda: pk.KVPool(jnp.zeros((L, 2, HKV, NB, BS, D), jnp.int8)), "needs scales"),
     (lambda: pk.KVPool(jnp.zeros((L, 2, HKV, NB, BS, D)), jnp.ones((L, 2, HKV))), "has no scales"),
     (lambda: pk.KVPool(jnp.zeros((L, 2, HKV, NB, BS, D), jnp.float8_e4m3fn), jnp.ones((L, 2, HKV + 1))),
      r"needs scales float32\[3, 2, 2\]"),
-    (lambda: pk.KVPool(jnp.zeros((L, 3, HKV, NB, BS, D))), "kv_pool data must be"),
+    (lambda: pk.KVPool(jnp.zeros((L, 3, HKV, NB, BS, D))), "kv_pool must be"),
 ])
 def test_layout_and_pool_validation(call, match):
     with pytest.raises(ValueError, match=match):
