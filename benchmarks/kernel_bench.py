@@ -111,6 +111,55 @@ def windowed_decode_bytes(batch: int, context: int, windows, kv_cache_dtypes, **
     return rows
 
 
+# Tuning knobs swept (coordinate descent from the defaults; None = the kernel's default).
+SPACES = {
+    "decode": {"block_kv": [None, 16, 32, 64, 128], "k_splits": [None, 1, 2, 4, 8, 16],
+               "num_warps": [4, 2, 8], "num_stages": [2, 1, 3, 4]},
+    "ragged": {"block_q": [None, 4, 8, 16, 32], "block_kv": [None, 16, 64, 128],
+               "num_warps": [4, 8], "num_stages": [2, 1, 3]},
+}
+SMOKE_SPACES = {"decode": {"block_kv": [None, 16]}, "ragged": {"block_q": [None, 8]}}
+
+
+def kv_cache_accuracy(smoke: bool) -> list[dict]:
+    """Attention over fp8 / int8 / bf16 pools against float32 attention over the same N(0, 1)
+    K/V (the jnp reference, a mixed ragged batch, q in bf16 for the bf16-model pools):
+    max and mean |error| of the outputs. Runs anywhere (no kernel timing)."""
+    num_q_heads, num_kv_heads, head_dim, block_size = (8, 2, 64, 16) if smoke else (32, 8, 128, 16)
+    seqs = ((24, 24), (1, 40), (5, 21)) if smoke else ((256, 256), (1, 1024), (64, 512), (1, 333))
+    pages = [-(-kv // block_size) for _, kv in seqs]
+    tables = np.zeros((len(seqs), max(pages)), np.int32)
+    slots = []
+    start = 0
+    for s, ((_, kv), n) in enumerate(zip(seqs, pages)):
+        tables[s, :n] = np.arange(start, start + n)
+        slots += [start * block_size + p for p in range(kv)]
+        start += n
+    key_q, key_kv = jax.random.split(jax.random.key(1))
+    num_tokens = sum(q for q, _ in seqs)
+    q = jax.random.normal(key_q, (num_tokens, num_q_heads, head_dim), jnp.float32)
+    k, v = jax.random.normal(key_kv, (2, len(slots), num_kv_heads, head_dim), jnp.float32)
+    metadata = (jnp.asarray(tables), jnp.asarray([kv for _, kv in seqs], jnp.int32),
+                jnp.asarray(np.concatenate([[0], np.cumsum([q_len for q_len, _ in seqs])]), jnp.int32))
+    slot_mapping = jnp.asarray(slots, jnp.int32)
+
+    def attend(model_dtype, kv_cache_dtype):
+        layout = pk.KVPoolLayout.create(1, num_kv_heads, block_size, head_dim, model_dtype=model_dtype,
+                                        kv_cache_dtype=kv_cache_dtype)
+        pool = pk.write_kv_to_pool(layout.allocate(start), 0, k, v, slot_mapping)
+        out = pk.ragged_paged_attention_reference_from_pool(q.astype(model_dtype), pool, 0, *metadata)
+        return np.asarray(out.astype(jnp.float32), np.float64)
+
+    exact = attend(jnp.float32, "auto")
+    rows = []
+    for kv_cache_dtype in ("auto", "fp8", "fp8_e5m2", "int8"):
+        err = np.abs(attend(jnp.bfloat16, kv_cache_dtype) - exact)
+        rows.append(dict(kv_cache_dtype=kv_cache_dtype, model_dtype="bfloat16", max_abs_err=float(err.max()),
+                         mean_abs_err=float(err.mean()), num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
+                         head_dim=head_dim, seqs=seqs))
+    return rows
+
+
 def workloads(smoke: bool, batches, contexts) -> list[Workload]:
     if smoke:
         tiny = dict(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16)
@@ -284,7 +333,7 @@ def run(args) -> dict:
     device = jax.devices()[0]
     shape = dict(num_kv_heads=8, head_dim=128, block_size=16, dtype="bfloat16")
     window_bytes = windowed_decode_bytes(64, 32768, [None, 16384, 4096, 1024, 256], ["auto", "fp8", "int8"], **shape)
-    return dict(windowed_decode_bytes=window_bytes,
+    return dict(windowed_decode_bytes=window_bytes, kv_cache_accuracy=kv_cache_accuracy(args.smoke),
         device=getattr(device, "device_kind", str(device)), platform=device.platform,
         interpret=interpret, smoke=args.smoke, jax_version=jax.__version__,
         jaxlib_version=getattr(__import__("jaxlib"), "__version__", None), **git_commit(),
@@ -326,6 +375,9 @@ def main(argv=None) -> int:
     for r in report["windowed_decode_bytes"]:
         print(f"{r['kv_cache_dtype']:>9s} {str(r['window']):>7s} {r['kv_bytes'] / 2**20:9.1f}"
               f" {r['fraction_of_full_context']:12.4f}")
+    print("\nKV cache accuracy vs float32 attention (bf16 model, N(0, 1) K/V, jnp reference):")
+    for r in report["kv_cache_accuracy"]:
+        print(f"{r['kv_cache_dtype']:>9s}  max |err| {r['max_abs_err']:.4f}  mean |err| {r['mean_abs_err']:.5f}")
     args.output_json.parent.mkdir(parents=True, exist_ok=True)
     args.output_json.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.output_json}")
