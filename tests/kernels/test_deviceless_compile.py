@@ -61,12 +61,20 @@ def test_cuda_plugin_and_ptxas_are_installed():
     assert LIMITS.compute_capability == (9, 0) and LIMITS.shared_memory_per_block_optin == 232448
 
 
+def _spill_free(config: pk.KernelConfig) -> bool:
+    """Where the defaults were chosen not to spill registers (measured: bf16 / f16 q, head_dim
+    <= 128, plain spec, pool in q's dtype); elsewhere spills of 16-500 bytes occur (float32's
+    IEEE dots, head_dim 256 at 4 warps, every feature at once)."""
+    return (jnp.dtype(config.dtype).itemsize == 2 and config.head_dim <= 128 and config.spec is None
+            and config.kv_cache_dtype == "auto")
+
+
 @pytest.mark.parametrize("config", default_configs() + heaviest_configs(), ids=lambda c: c.label)
 def test_engine_default_configs_compile_for_sm90(config):
-    kernel = _compile_and_check(config, kernel_stats=True)
-    two_byte = jnp.dtype(config.dtype).itemsize == 2
-    if two_byte and config.head_dim <= 128 and config.spec in (None,) and config.kv_cache_dtype == "auto":
-        assert kernel.spill_store_bytes == 0, kernel  # the defaults were chosen not to spill here
+    # NOTE: ptxas -v (registers, spills) costs ~0.4 s a kernel: only where it is asserted.
+    kernel = _compile_and_check(config, kernel_stats=_spill_free(config))
+    if _spill_free(config):
+        assert kernel.spill_store_bytes == 0, kernel
 
 
 @pytest.mark.parametrize("config", interpret_cases(), ids=lambda c: c.label)
