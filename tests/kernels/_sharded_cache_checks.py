@@ -21,7 +21,7 @@ def test_four_cpu_devices():
 
 
 @pytest.mark.parametrize("tp,kv_cache_dtype,backend", [
-    (2, "auto", "reference"), (4, "int8", "reference"), (4, "fp8", "reference"), (2, "int8", "pallas_interpret"),
+    (2, "auto", "reference"), (4, "int8", "reference"), (2, "fp8", "pallas_interpret"),
 ])
 def test_sharded_equals_single_device(tp, kv_cache_dtype, backend):
     single = cases.run(backend, kv_cache_dtype)

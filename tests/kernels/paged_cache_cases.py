@@ -48,34 +48,37 @@ def _slot(seq: int, pos: int) -> int:
 
 
 def run(backend: str, kv_cache_dtype: str = "auto", mesh=None, seed: int = 0):
-    """Outputs of both steps, f32 [sum(LENS), HQ, D] and [len(LENS), HQ, D]."""
+    """Outputs of both steps (one jit), f32 [sum(LENS), HQ, D] and [len(LENS), HQ, D]."""
     q, k, v, slopes, sinks = inputs(seed)
     layout = pk.KVPoolLayout.create(LAYERS, HKV if mesh is None else max(HKV, mesh.shape[TP_AXIS]), BS, D,
                                     model_dtype=jnp.float32, kv_cache_dtype=kv_cache_dtype)
     sharding = None if mesh is None else NamedSharding(mesh, P(None, None, TP_AXIS))
-    pool = layout.allocate(NUM_BLOCKS, sharding)
     rows = _token_rows()
     tables = jnp.asarray(TABLES)
-    heads = dict(alibi_slopes=slopes, sinks=sinks)
-
     # step 1: prefill both sequences (3 padding tokens, one padding sequence)
-    prefill = [r for seq in rows for r in seq[:-1]]
-    slots = [_slot(s, p) for s, n in enumerate(LENS) for p in range(n)] + [-1] * 3
-    idx = jnp.asarray(prefill + [0] * 3)
-    meta = PagedAttentionMetadata(jnp.asarray(slots, jnp.int32), jnp.concatenate([tables, tables[:1] * 0]),
-                                  jnp.asarray(list(LENS) + [0], jnp.int32),
-                                  jnp.asarray([0, LENS[0], sum(LENS), sum(LENS)], jnp.int32),
-                                  backend=backend, mesh=mesh)
-    attend = jax.jit(lambda cache, q, k, v: cache.attend(LAYER, q, k, v, None, SPEC, **heads))
-    out1, cache = attend(PagedKVCache(pool, meta), q[idx], k[idx], v[idx])
+    prefill = jnp.asarray([r for seq in rows for r in seq[:-1]] + [0] * 3)
+    prefill_meta = PagedAttentionMetadata(
+        jnp.asarray([_slot(s, p) for s, n in enumerate(LENS) for p in range(n)] + [-1] * 3, jnp.int32),
+        jnp.concatenate([tables, tables[:1] * 0]), jnp.asarray(list(LENS) + [0], jnp.int32),
+        jnp.asarray([0, LENS[0], sum(LENS), sum(LENS)], jnp.int32), backend=backend, mesh=mesh)
+    # step 2: one decode token each, over what step 1 cached
+    decode = jnp.asarray([seq[-1] for seq in rows])
+    decode_meta = PagedAttentionMetadata(
+        jnp.asarray([_slot(s, n) for s, n in enumerate(LENS)], jnp.int32), tables,
+        jnp.asarray([n + 1 for n in LENS], jnp.int32), jnp.arange(3, dtype=jnp.int32),
+        backend=backend, decode_only=True, mesh=mesh)
 
-    # step 2: one decode token each
-    idx = jnp.asarray([seq[-1] for seq in rows])
-    meta = PagedAttentionMetadata(jnp.asarray([_slot(s, n) for s, n in enumerate(LENS)], jnp.int32), tables,
-                                  jnp.asarray([n + 1 for n in LENS], jnp.int32), jnp.arange(3, dtype=jnp.int32),
-                                  backend=backend, decode_only=True, mesh=mesh)
-    out2, cache = attend(PagedKVCache(cache.kv_pool, meta), q[idx], k[idx], v[idx])
-    assert isinstance(cache.kv_pool, pk.KVPool)
+    @jax.jit
+    def steps(pool, q, k, v):
+        heads = dict(alibi_slopes=slopes, sinks=sinks)
+        out1, cache = PagedKVCache(pool, prefill_meta).attend(
+            LAYER, q[prefill], k[prefill], v[prefill], None, SPEC, **heads)
+        out2, cache = PagedKVCache(cache.kv_pool, decode_meta).attend(
+            LAYER, q[decode], k[decode], v[decode], None, SPEC, **heads)
+        return out1, out2, cache.kv_pool
+
+    out1, out2, pool = steps(layout.allocate(NUM_BLOCKS, sharding), q, k, v)
+    assert isinstance(pool, pk.KVPool)
     return np.asarray(out1[: sum(LENS)], np.float32), np.asarray(out2, np.float32)
 
 
