@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.attention_spec import AttentionSpec
-from pallas_kernels.kv_pool import NO_SCALES, PER_HEAD, PER_TOKEN, LayerKV, scale_kind
+from pallas_kernels.kv_pool import NO_SCALES, PER_HEAD, LayerKV, scale_kind
 
 
 def window_columns(block_tables, first_key, span: int | None, block_size: int):

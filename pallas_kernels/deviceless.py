@@ -16,6 +16,7 @@ ptxas' register / spill / stack figures (`ptxas -v` on the dumped PTX).
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -92,6 +93,10 @@ def target_device(target: str = DEFAULT_TARGET):
     """The (only) device of a 1x1x1 topology of `target`: put abstract arguments on it."""
     if importlib.util.find_spec("jax_plugins") is None or importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
         raise DevicelessCompileUnavailable(f"jax's CUDA plugin is not installed: {INSTALL_HINT}")
+    plugin = importlib.metadata.version("jax-cuda12-plugin")
+    if plugin != jax.__version__:
+        raise DevicelessCompileUnavailable(
+            f"jax-cuda12-plugin {plugin} does not match jax {jax.__version__}: {INSTALL_HINT}")
     ptxas_path()
     config = target_config_path(target).read_text()
     topology = get_topology_desc(platform="cuda", target_config=config, topology="1x1x1")

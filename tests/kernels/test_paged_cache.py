@@ -68,4 +68,4 @@ def test_sharded_paged_cache_on_four_cpu_devices():
     output = f"--- stdout ---\n{proc.stdout[-20000:]}\n--- stderr ---\n{proc.stderr[-5000:]}"
     assert proc.returncode == 0, output
     summary = proc.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b4 passed", summary) and "skipped" not in summary, output
+    assert re.search(r"\b6 passed", summary) and "skipped" not in summary, output
