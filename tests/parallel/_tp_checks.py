@@ -219,7 +219,7 @@ def test_kv_pool_is_sized_from_the_tightest_devices_free_memory(checkpoint_facto
     assert profile["bytes_in_use"] == in_use[1] and profile["bytes_per_block"] == per_device_block
     expected = int((limit * 0.5 - in_use[1] - profile["step_temp_bytes"]) // per_device_block)
     assert 0 < expected < 256 * 256 // 16 and llm.stats()["num_kv_blocks"] == expected  # below the cap
-    assert llm.engine.runner.kv_pool.addressable_shards[0].data.nbytes == expected * per_device_block
+    assert llm.engine.runner.kv_pool.nbytes_per_device() == expected * per_device_block
 
 
 @pytest.mark.parametrize("tp,message", [
