@@ -116,14 +116,15 @@ def place_on_device(tree, device):
 
 
 def compile_for_target(fn, *abstract_args, target: str = DEFAULT_TARGET,
-                       kernel_stats: bool = True) -> TargetCompilation:
+                       kernel_stats: bool = True, donate_argnums: tuple[int, ...] = ()) -> TargetCompilation:
     """Compiles `fn(*abstract_args)` for `target` ("h100" = sm_90, right for H200 too) with no GPU.
 
     abstract_args: pytrees of `jax.ShapeDtypeStruct` (their shardings are replaced by the
     target device's); static arguments go into `fn` (functools.partial). Kernels inside must
     be called with `interpret=False`. kernel_stats: also run `ptxas -v` on each Triton
     kernel's PTX for registers and spills (about as long as XLA's own ptxas run); without
-    it those fields are None. Raises `DevicelessCompileUnavailable` when the CUDA plugin or
+    it those fields are None. donate_argnums: as `jax.jit`'s (a donated KV pool is updated in
+    place, so temp bytes are what serving would use). Raises `DevicelessCompileUnavailable` when the CUDA plugin or
     ptxas is missing, and what XLA raises for a module the GPU could not run (e.g.
     RESOURCE_EXHAUSTED: shared memory size limit exceeded).
     """
@@ -132,7 +133,7 @@ def compile_for_target(fn, *abstract_args, target: str = DEFAULT_TARGET,
     with tempfile.TemporaryDirectory(prefix="pagedjax-deviceless-") as dump:
         # NOTE: a fresh dump path per call also keeps the persistent cache from serving a
         # compile whose dump we need.
-        compiled = jax.jit(fn).trace(*args).lower().compile({"xla_dump_to": dump})
+        compiled = jax.jit(fn, donate_argnums=donate_argnums).trace(*args).lower().compile({"xla_dump_to": dump})
         kernels = _kernel_stats(Path(dump), kernel_stats)
     return TargetCompilation(compiled, kernels, target)
 
