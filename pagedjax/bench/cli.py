@@ -202,9 +202,12 @@ def _run_compile(args) -> int:
     cfg = CompileConfig(model=args.model, target=args.target, dtype=args.dtype, max_buckets=args.max_buckets,
                         kernel_stats=not args.no_kernel_stats, **options)
 
-    def progress(done, total, row):
-        print(f"[{done}/{total}] tokens {row['num_tokens']} seqs {row['num_seqs']}: {row['compile_s']} s",
-              file=sys.stderr, flush=True)
+    def progress(report):
+        row = report["buckets"][-1]
+        print(f"[{len(report['buckets'])}/{report['total_buckets']}] tokens {row['num_tokens']} seqs "
+              f"{row['num_seqs']}: {row['compile_s']} s", file=sys.stderr, flush=True)
+        if args.output_json:  # written as it goes: a long run's finished buckets are kept
+            write_json(report, args.output_json)
 
     report = run_compile(cfg, progress)
     print(format_compile_table(report))

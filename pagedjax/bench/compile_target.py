@@ -101,7 +101,8 @@ def _kernel_rows(compilation) -> list[dict]:
 
 def run_compile(cfg: CompileConfig, progress=None) -> dict:
     """Compiles every plain-sampling step bucket (what warm-up compiles) of `cfg.model` for
-    `cfg.target`; returns the report. `progress(done, total, row)` after each bucket."""
+    `cfg.target`; returns the report. `progress(report)` after each bucket, with the report so
+    far (a long run can be written out as it goes)."""
     from pagedjax.model_step import step_function
     from pallas_kernels import deviceless
 
@@ -125,7 +126,13 @@ def run_compile(cfg: CompileConfig, progress=None) -> dict:
                          temp_over_pool=round(memory.temp_size_in_bytes / pool_bytes, 6),
                          kernels=_kernel_rows(result)))
         if progress is not None:
-            progress(i + 1, len(shapes), rows[-1])
+            progress(_report(cfg, runner, rows, total_buckets, param_bytes, num_blocks))
+    return _report(cfg, runner, rows, total_buckets, param_bytes, num_blocks)
+
+
+def _report(cfg: CompileConfig, runner, rows: list[dict], total_buckets: int, param_bytes: int,
+            num_blocks: int) -> dict:
+    pool_bytes = num_blocks * runner.kv_layout.bytes_per_block
     return dict(benchmark="compile", config=dataclasses.asdict(cfg), environment=environment(),
                 target=cfg.target, param_bytes=param_bytes, num_kv_blocks=num_blocks, kv_pool_bytes=pool_bytes,
                 kv_bytes_per_block=runner.kv_layout.bytes_per_block, max_model_len=runner.max_model_len,
