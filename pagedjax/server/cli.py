@@ -74,20 +74,27 @@ def require_serve_extra() -> None:
         raise ValueError(f"the server needs {', '.join(missing)}: pip install 'pagedjax[serve]'")
 
 
+def server_options_from_args(args: argparse.Namespace):
+    """The `ServerOptions` of `pagedjax serve`'s arguments (ValueError for inconsistent ones)."""
+    from pagedjax.default_model import DEFAULT_MODEL_NAME
+    from pagedjax.server.chat_options import ChatOptions
+    from pagedjax.server.serve import ServerOptions
+
+    names = tuple(args.served_model_name or ([args.model] if args.model else [DEFAULT_MODEL_NAME]))
+    chat = ChatOptions(enable_auto_tool_choice=args.enable_auto_tool_choice, tool_call_parser=args.tool_call_parser,
+                       reasoning_parser=args.reasoning_parser)
+    return ServerOptions(host=args.host, port=args.port, api_key=args.api_key, served_model_names=names,
+                         log_level=args.log_level, shutdown_timeout=args.shutdown_timeout,
+                         limits=dataclass_from_args(ServerLimits, args), limit_concurrency=args.limit_concurrency,
+                         timeout_keep_alive=args.timeout_keep_alive, max_header_bytes=args.max_header_bytes, chat=chat)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Runs the server of `pagedjax serve`'s arguments until SIGINT/SIGTERM."""
     require_serve_extra()
-    from pagedjax.default_model import DEFAULT_MODEL_NAME, default_model_dir
-    from pagedjax.server.chat_options import ChatOptions
-    from pagedjax.server.serve import ServerOptions, serve
+    from pagedjax.default_model import default_model_dir
+    from pagedjax.server.serve import serve
 
+    options = server_options_from_args(args)  # NOTE: before the model loads, so bad options fail fast
     model = args.model or default_model_dir()
-    names = tuple(args.served_model_name or ([args.model] if args.model else [DEFAULT_MODEL_NAME]))
-    options = ServerOptions(host=args.host, port=args.port, api_key=args.api_key, served_model_names=names,
-                            log_level=args.log_level, shutdown_timeout=args.shutdown_timeout,
-                            limits=dataclass_from_args(ServerLimits, args), limit_concurrency=args.limit_concurrency,
-                            timeout_keep_alive=args.timeout_keep_alive, max_header_bytes=args.max_header_bytes,
-                            chat=ChatOptions(enable_auto_tool_choice=args.enable_auto_tool_choice,
-                                             tool_call_parser=args.tool_call_parser,
-                                             reasoning_parser=args.reasoning_parser))
     return serve(engine_config_from_args(args, model), options, precompile=args.precompile)
