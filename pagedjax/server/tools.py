@@ -76,9 +76,23 @@ def plan_tools(body: ChatCompletionRequest, options: ChatOptions, limits) -> Too
         schema = tool_choice_json_schema(tools, choice)
     except ValueError as error:
         raise bad_request(str(error), param="tools") from None
-    if schema is not None and choice == "required" and not parallel:
-        schema["maxItems"] = 1
+    if schema is not None and choice == "required":
+        _close_call_objects(schema)
+        if not parallel:
+            schema["maxItems"] = 1
     return ToolPlan(tools=tools, choice=choice, schema=schema, parallel=parallel)
+
+
+def _close_call_objects(schema: dict[str, Any]) -> None:
+    """In the "required" schema, each `{"name", "parameters"}` wrapper object allows no other
+    keys (the tools' own parameter schemas are left as they are), and is typed as an object in
+    its own variant, so that `disable_additional_properties` closes the tools' parameters
+    without closing the array items (which have no properties of their own)."""
+    items = schema["items"]
+    items.pop("type", None)
+    for variant in items["anyOf"]:
+        variant["type"] = "object"
+        variant.setdefault("additionalProperties", False)
 
 
 def needs_special_tokens(plan: ToolPlan, options: ChatOptions) -> bool:
