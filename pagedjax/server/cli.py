@@ -31,7 +31,8 @@ def add_serve_parser(sub) -> None:
     p = sub.add_parser(
         "serve", help="run the OpenAI-compatible HTTP server",
         description="Serve a model over OpenAI's HTTP API (/v1/completions, /v1/chat/completions, /v1/embeddings, "
-                    "/v1/models; /tokenize, /detokenize, /health, /metrics). Listens on 127.0.0.1 unless --host says otherwise; Ctrl-C or SIGTERM "
+                    "/v1/models; /tokenize, /detokenize, /health, /metrics). Listens on 127.0.0.1 unless --host "
+                    "says otherwise; Ctrl-C or SIGTERM "
                     "stops it after in-flight requests finish.")
     p.add_argument("model", nargs="?", default=None,
                    help="checkpoint directory or Hugging Face hub id (default: the built-in tiny Llama)")

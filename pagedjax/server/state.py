@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable

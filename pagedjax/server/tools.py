@@ -24,8 +24,9 @@ from pagedjax.reasoning import Qwen3ReasoningParser, get_reasoning_parser
 from pagedjax.server.chat_options import ChatOptions
 from pagedjax.server.errors import bad_request
 from pagedjax.server.protocol import ChatCompletionRequest, DeltaMessage, ResponseFunctionCall, ResponseToolCall
-from pagedjax.tool_parsers import (ChatOutputParser, HermesToolParser, ParsedChatOutput, get_tool_parser, normalize_tool_choice,
-                                   parser_for_tool_choice, tool_choice_json_schema, validate_tools)
+from pagedjax.tool_parsers import (ChatOutputParser, HermesToolParser, ParsedChatOutput, get_tool_parser,
+                                   normalize_tool_choice, parser_for_tool_choice, tool_choice_json_schema,
+                                   validate_tools)
 from pagedjax.tool_parsers import DeltaMessage as ParsedDelta
 
 AUTO_NEEDS_FLAGS = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'

@@ -68,7 +68,8 @@ def test_every_source_of_a_json_schema(client):
     schema = SCHEMAS[0]
     for extra in ({"structured_outputs": {"json": schema, "disable_any_whitespace": True}},
                   {"guided_json": schema, "guided_whitespace_pattern": ""},
-                  {"guided_json": json.dumps(schema), "guided_whitespace_pattern": "", "guided_decoding_backend": "auto"}):
+                  {"guided_json": json.dumps(schema), "guided_whitespace_pattern": "",
+                   "guided_decoding_backend": "auto"}):
         res = client.completions.create(model=MODEL, prompt="{", n=2, seed=3, max_tokens=60, extra_body=extra)
         for choice in res.choices:
             assert choice.finish_reason == "stop", extra

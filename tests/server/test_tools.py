@@ -79,7 +79,8 @@ def test_required_tool_choice_calls_valid_tools(client):
 
 def test_required_without_parallel_calls_makes_one_call(client):
     res = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[WEATHER, CLOCK],
-                                         tool_choice="required", parallel_tool_calls=False, n=4, seed=8, max_tokens=100, extra_body=COMPACT)
+                                         tool_choice="required", parallel_tool_calls=False, n=4, seed=8,
+                                         max_tokens=100, extra_body=COMPACT)
     for choice in res.choices:
         assert len(choice.message.tool_calls) == 1
         _check_calls(choice.message.tool_calls)
