@@ -188,7 +188,8 @@ def _add_compile(sub) -> None:
 
     add_engine_arguments(p, exclude=tuple(n for n in EngineConfig.field_names() if n not in _COMPILE_OPTIONS),
                          title="engine options (as LLM's)")
-    p.add_argument("--max-buckets", type=int, default=None, help="compile only the first N buckets")
+    p.add_argument("--max-buckets", type=int, default=None,
+                   help="compile only N buckets, spread from the smallest to the largest")
     p.add_argument("--no-kernel-stats", action="store_true", help="skip ptxas -v (registers, spills)")
     p.add_argument("--output-json", default=None, help="write the report here")
     p.set_defaults(func=_run_compile)
