@@ -55,8 +55,8 @@ def measure(num_seqs: int, prompt_len: int, output_len: int, block_size: int = 1
     wall = time.perf_counter() - start
     decode = [h for h, (n, t) in zip(host, sizes) if n == t == num_seqs]
     runner = engine.runner
-    mem_decode = runner.step_memory(runner.step_shape(num_seqs, num_seqs, runner.max_blocks_per_seq, True))
-    mem_prefill = runner.step_memory(runner.step_shape(runner.token_buckets[-1], 1, runner.max_blocks_per_seq, False))
+    mem_decode = runner.steps.memory(runner.steps.shape(num_seqs, num_seqs, runner.max_blocks_per_seq, True))
+    mem_prefill = runner.steps.memory(runner.steps.shape(runner.buckets.token_buckets[-1], 1, runner.max_blocks_per_seq, False))
     return dict(attention_backend=engine.backend, num_seqs=num_seqs, prompt_len=prompt_len, output_len=output_len, decode_steps=len(decode),
                 host_ms_median=1e3 * statistics.median(decode), host_ms_p90=1e3 * float(np.percentile(decode, 90)),
                 wall_ms_per_step=1e3 * wall / len(host),

@@ -2,8 +2,10 @@
 
 `load_model(model, dtype=...)` resolves a local directory or a hub id, reads `config.json`,
 builds the model abstractly (no memory) and fills every parameter from the checkpoint through
-a strict name map: every checkpoint tensor must be used, every parameter must be found, every
-shape must match, and a clear error names the offending tensor otherwise. Each tensor is
+its family's weight map (models/weights.py: names, transposes, fused tensors split): every
+checkpoint tensor must be used, every parameter must be found, every shape must match, and a
+clear error names the offending tensor otherwise. `hf_tensors` is the inverse (our parameters
+as a checkpoint of the family's layout), `hf_tensor_specs` its shapes without any weights. Each tensor is
 read from a memory map, cast, and sent to its device on its own, so the model never sits
 twice in host memory. Given `sharding_for` (tensor parallelism), each device receives only its
 slice, read straight from the memory map: no device (and no host buffer) holds a whole
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Callable
 
 import jax
@@ -27,14 +28,14 @@ import numpy as np
 from flax import nnx
 
 from models.config import ModelConfig
-from models.layers import CausalLM
+from models.registry import get_architecture
 from models.safetensors_io import SafetensorsFile
+from models.transformer import CausalLM, init_constant
+from models.weights import TensorMap, export_hf_tensors
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _TORCH_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
                       "torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
-# Buffers some checkpoints carry that are not parameters (recomputed from the config).
-_IGNORED = re.compile(r".*\.rotary_emb\.inv_freq$")
 # `pagedjax convert` output: this JSON file next to config.json, the orbax checkpoint in ORBAX_PARAMS.
 ORBAX_MARKER = "pagedjax_orbax.json"
 ORBAX_PARAMS = "params"
@@ -85,7 +86,8 @@ def checkpoint_files(model_dir: str) -> list[str]:
 
 
 def hf_name(path: tuple) -> tuple[str, bool]:
-    """Our parameter path -> (HF tensor name, whether the HF tensor is a transposed Linear weight)."""
+    """Our parameter path -> (HF tensor name, whether the HF tensor is a transposed Linear weight)
+    in Llama's checkpoint layout. Other layouts (fused tensors, other names): `weight_map`."""
     parts = [str(p) for p in path]
     leaf = parts[-1]
     prefix = "" if parts[0] == "lm_head" else "model."
@@ -96,10 +98,31 @@ def hf_name(path: tuple) -> tuple[str, bool]:
     return prefix + ".".join(parts), False
 
 
+def weight_map(cfg: ModelConfig) -> list[TensorMap]:
+    """Every checkpoint tensor of `cfg`'s architecture and the parameters it fills."""
+    return get_architecture(cfg.architecture).weight_map(cfg)
+
+
 def abstract_model(cfg: ModelConfig, dtype) -> tuple[nnx.GraphDef, nnx.State]:
     """The model's graph definition and a state of ShapeDtypeStructs (allocates nothing)."""
     abstract = nnx.eval_shape(lambda: CausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
     return nnx.split(abstract)
+
+
+def hf_tensors(cfg: ModelConfig, state: nnx.State) -> dict[str, np.ndarray]:
+    """A model state as the tensors of an HF checkpoint of `cfg`'s architecture (the inverse of
+    loading: fused tensors re-fused, Linear weights transposed back)."""
+    params = {param_name(path): np.asarray(var.get_value()) for path, var in nnx.to_flat_state(state)}
+    return export_hf_tensors(weight_map(cfg), params)
+
+
+def hf_tensor_specs(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...], float | None]]:
+    """(HF name, shape, init constant or None for random) of every tensor a checkpoint of `cfg`
+    holds, in weight-map order (allocates nothing): what a random-weight checkpoint writer needs."""
+    _, state = abstract_model(cfg, jnp.float32)
+    flat = {param_name(path): (path, tuple(var.get_value().shape)) for path, var in nnx.to_flat_state(state)}
+    return [(m.hf, tuple(m.transform.hf_shape([flat[p][1] for p in m.ours])), init_constant(cfg, flat[m.ours[0]][0]))
+            for m in weight_map(cfg)]
 
 
 def param_name(path: tuple) -> str:
@@ -151,36 +174,38 @@ def load_params(cfg: ModelConfig, model_dir: str, dtype,
     """
     if is_orbax_checkpoint(model_dir):
         return restore_orbax_params(cfg, model_dir, dtype, sharding_for)
+    arch = get_architecture(cfg.architecture)
     graphdef, abstract_state = abstract_model(cfg, dtype)
     flat = list(nnx.to_flat_state(abstract_state))
-    targets = {}  # HF name -> (our path, variable, transposed)
-    for path, var in flat:
-        name, transposed = hf_name(path)
-        targets[name] = (path, var, transposed)
-    loaded, unexpected, misshapen = set(), [], []
+    variables = {param_name(path): (path, var) for path, var in flat}
+    maps = {m.hf: m for m in arch.weight_map(cfg)}
+    unmapped = sorted(set(variables) - {p for m in maps.values() for p in m.ours})
+    if unmapped:  # a bug of the family's weight map, not of the checkpoint
+        raise AssertionError(f"{cfg.architecture}'s weight map fills no tensor for parameters {unmapped}")
     tied_alias = "lm_head.weight" if cfg.tie_word_embeddings else None
+    loaded, unexpected, misshapen = set(), [], []
     for file in checkpoint_files(model_dir):
         st = SafetensorsFile(file)
-        for name in st.names():
-            if _IGNORED.match(name) or name == tied_alias:
+        for stored in st.names():
+            name = arch.checkpoint_name(stored)
+            if arch.is_ignored(name) or name == tied_alias:
                 continue  # non-parameter buffer / the tied head's duplicate of the embedding
-            if name not in targets:
-                unexpected.append(f"{name} (in {os.path.basename(file)})")
+            m = maps.get(name)
+            if m is None:
+                unexpected.append(f"{stored} (in {os.path.basename(file)})")
                 continue
-            path, var, transposed = targets[name]
-            want = var.get_value().shape
-            have = st.shape(name)
-            if (have[::-1] if transposed else have) != want:
-                shown = tuple(reversed(want)) if transposed else want
-                misshapen.append(f"{name}: checkpoint {tuple(have)}, model expects {shown}")
+            ours = [variables[p][1].get_value() for p in m.ours]
+            want = tuple(m.transform.hf_shape([o.shape for o in ours]))
+            have = tuple(st.shape(stored))
+            if have != want:
+                misshapen.append(f"{stored}: checkpoint {have}, model expects {want}")
                 continue
-            array = st.get(name)  # a view of the memory map
-            if transposed:
-                array = array.T
-            sharding = sharding_for(path) if sharding_for else None
-            var.set_value(_to_device(array, var.get_value().dtype, sharding))
+            arrays = m.transform.to_ours(st.get(stored), [o.shape for o in ours])  # views of the memory map
+            for p, target, array in zip(m.ours, ours, arrays):
+                sharding = sharding_for(variables[p][0]) if sharding_for else None
+                variables[p][1].set_value(_to_device(array, target.dtype, sharding))
             loaded.add(name)
-    _check_match(f"checkpoint {model_dir}", cfg, "tensors", sorted(set(targets) - loaded),
+    _check_match(f"checkpoint {model_dir}", cfg, "tensors", sorted(set(maps) - loaded),
                  unexpected, misshapen, unexpected_note=" (not used by the model)")
     return graphdef, nnx.from_flat_state(flat)
 

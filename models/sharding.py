@@ -7,7 +7,8 @@ rules below (Megatron layout); the rest of the forward pass is left to XLA's SPM
 `shard_map` over `tp` (models/attention.py): each device writes and attends over its own KV
 heads with the unmodified kernels.
 
-Partition rules (weights are stored `[in, out]`, as `nnx.Linear` kernels):
+Partition rules (weights are stored `[in, out]`, as `nnx.Linear` kernels; every family's fused
+checkpoint tensors are split at load, so one table serves them all — models/architecture.py):
 
   =====================================  =============  ================================
   parameter                              layout         spec
@@ -17,8 +18,9 @@ Partition rules (weights are stored `[in, out]`, as `nnx.Linear` kernels):
                                                         replicated when N > num_kv_heads
   o_proj, down_proj kernel               row            P(tp, None); bias replicated
   embed_tokens embedding [vocab, hidden] vocab          P(tp, None)
-  lm_head kernel [hidden, vocab]         vocab          P(None, tp)
-  norms (incl. Qwen3 q_norm / k_norm)    replicated     P()
+  lm_head kernel [hidden, vocab]         vocab          P(None, tp); bias P(tp)
+  norms (incl. q_norm / k_norm)          replicated     P()
+  embed_positions, project_in/out        replicated     P()
   =====================================  =============  ================================
 
   KV pool `[num_layers, 2, pool_kv_heads, num_blocks, block_size, head_dim]`: P(None, None, tp).
@@ -58,7 +60,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from models.architecture import COLUMN, COLUMN_KV, REPLICATED, ROW, VOCAB_EMBED, VOCAB_HEAD
 from models.config import ModelConfig
+from models.registry import ARCHITECTURES
 
 logger = logging.getLogger("pagedjax")
 
@@ -118,30 +122,10 @@ def pool_kv_heads(cfg: ModelConfig, tp: int) -> int:
 
 # --------------------------------------------------------------------------- partition rules
 
-# Layouts a rule may name; `_spec` turns them into PartitionSpecs for one config and degree.
-COLUMN, COLUMN_KV, ROW, VOCAB_EMBED, VOCAB_HEAD, REPLICATED = (
-    "column", "column_kv", "row", "vocab_embed", "vocab_head", "replicated")
-
-# Ordered (regex over the dotted parameter path, layout); the first match wins. One table for
-# the Llama family (Llama, Mistral, Qwen2, Qwen3 share models/layers.py).
-LLAMA_RULES: tuple[tuple[str, str], ...] = (
-    (r"embed_tokens\.embedding", VOCAB_EMBED),
-    (r"lm_head\.kernel", VOCAB_HEAD),
-    (r"self_attn\.q_proj\.(kernel|bias)", COLUMN),
-    (r"self_attn\.[kv]_proj\.(kernel|bias)", COLUMN_KV),
-    (r"self_attn\.o_proj\.kernel", ROW),
-    (r"mlp\.(gate|up)_proj\.(kernel|bias)", COLUMN),
-    (r"mlp\.down_proj\.kernel", ROW),
-    (r"(o_proj|down_proj)\.bias", REPLICATED),  # added once after the all-reduce
-    (r"(norm|_layernorm|q_norm|k_norm)\.weight", REPLICATED),
-)
-
-PARTITION_RULES: Mapping[str, tuple[tuple[str, str], ...]] = types.MappingProxyType({
-    "LlamaForCausalLM": LLAMA_RULES,
-    "MistralForCausalLM": LLAMA_RULES,
-    "Qwen2ForCausalLM": LLAMA_RULES,
-    "Qwen3ForCausalLM": LLAMA_RULES,
-})
+# The rules live in each family's `Architecture.partition_rules` (models/architecture.py's
+# STANDARD_RULES unless a family says otherwise); this is a read-only view by architecture name.
+PARTITION_RULES: Mapping[str, tuple[tuple[str, str], ...]] = types.MappingProxyType(
+    {name: arch.partition_rules for name, arch in ARCHITECTURES.items()})
 
 
 def layout_of(architecture: str, path: tuple) -> str:
@@ -168,8 +152,10 @@ def _spec(layout: str, leaf: str, cfg: ModelConfig, tp: int) -> P:
         return P(TP_AXIS, None)
     if layout == VOCAB_EMBED:  # [vocab, hidden]
         return P(TP_AXIS, None) if shard_vocab else P()
-    if layout == VOCAB_HEAD:  # [hidden, vocab]
-        return P(None, TP_AXIS) if shard_vocab else P()
+    if layout == VOCAB_HEAD:  # kernel [hidden, vocab] or bias [vocab]
+        if not shard_vocab:
+            return P()
+        return P(TP_AXIS) if leaf == "bias" else P(None, TP_AXIS)
     raise ValueError(f"unknown layout {layout!r}")
 
 

@@ -69,8 +69,10 @@ def beam_search(engine, prompts: list[list[int]], texts: list[str | None], param
         results = {}
         observer = None
         if stats is not None:
+            table_of = engine.scheduler.block_manager.block_table
+
             def observer(sched):  # the step's beams: distinct blocks held vs each beam's own table
-                tables = [s.block_ids for s in sched.scheduled if s.request_id in ids]
+                tables = [table_of(s.request_id) for s in sched.scheduled if s.request_id in ids]
                 stats.peak_shared_blocks = max(stats.peak_shared_blocks, len({b for t in tables for b in t}))
                 stats.peak_unshared_blocks = max(stats.peak_unshared_blocks, sum(len(t) for t in tables))
             engine.step_observers.append(observer)

@@ -12,30 +12,29 @@ import time
 
 
 def _add_generate(sub) -> None:
+    from pagedjax.engine_args import add_engine_arguments
+
     p = sub.add_parser("generate", help="generate text for one prompt",
                        description="Generate a completion for one prompt (greedy unless --temperature is given).")
     p.add_argument("--model", default=None,
-                   help="checkpoint directory or Hugging Face hub id (default: a built-in tiny Llama, no network)")
+                   help="checkpoint directory, Hugging Face hub id or preset (default: the built-in model, no network)")
     p.add_argument("--prompt", default="The quick brown fox", help="the prompt text")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens to generate at most (default 32)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: greedy)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
-    p.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16 or float16")
-    p.add_argument("--tensor-parallel-size", type=int, default=1,
-                   help="devices to split the model over (tensor parallelism; default 1)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating after the end-of-sequence token")
     p.add_argument("--json", action="store_true",
                    help='print {"prompt_token_ids": [...], "token_ids": [...], "text": "..."} instead of text')
+    add_engine_arguments(p)
     p.set_defaults(func=_run_generate)
 
 
 def _run_generate(args) -> int:
-    from pagedjax.default_model import default_model_dir
+    from pagedjax.engine_args import engine_config_from_args
     from pagedjax.llm import LLM
     from pagedjax.sampling_params import SamplingParams
 
-    model = args.model or default_model_dir()
-    llm = LLM(model, dtype=args.dtype, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size)
+    config = engine_config_from_args(args, args.model)
+    llm = LLM(**{f: getattr(config, f) for f in config.field_names()})
     params = SamplingParams(temperature=0.0 if args.temperature is None else args.temperature,
                             max_tokens=args.max_tokens, ignore_eos=args.ignore_eos, seed=args.seed)
     compile_before = llm.stats()["compile_seconds"]

@@ -105,10 +105,12 @@ def tiny_llama_config(vocab_size: int, **overrides) -> dict:
 
 
 def write_random_checkpoint(out_dir: str, hf_config: dict, *, std: float = 0.15, seed: int = 0) -> None:
-    """Writes `config.json` and `model.safetensors` with N(0, std) weights (ones for norms)."""
+    """Writes `config.json` and `model.safetensors` with N(0, std) weights (norms at their identity),
+    in the checkpoint layout of the config's architecture."""
     from flax import nnx
     from models.config import ModelConfig
-    from models.loader import abstract_model
+    from models.loader import abstract_model, param_name
+    from models.transformer import init_constant
 
     cfg = ModelConfig.from_hf_dict(hf_config)
     _, state = abstract_model(cfg, np.float32)
@@ -116,31 +118,33 @@ def write_random_checkpoint(out_dir: str, hf_config: dict, *, std: float = 0.15,
     params = {}
     for path, var in nnx.to_flat_state(state):
         shape = var.get_value().shape
-        if path[-1] == "weight" and "norm" in str(path[-2]):
-            params[path] = np.ones(shape, np.float32)
-        else:
-            params[path] = (rng.standard_normal(shape) * std).astype(np.float32)
+        constant = init_constant(cfg, path)
+        params[param_name(path)] = (np.full(shape, constant, np.float32) if constant is not None
+                                    else (rng.standard_normal(shape) * std).astype(np.float32))
     save_checkpoint(out_dir, hf_config, params)
 
 
 def save_checkpoint(out_dir: str, hf_config: dict, params, *, dtype: str = "float32") -> None:
     """Writes `config.json` and `model.safetensors` (tensors cast to `dtype`) from our parameters:
-    an `nnx.State` or a `{path tuple: array}` dict, named and laid out as HF checkpoints are."""
+    an `nnx.State` or a `{dotted parameter name: array}` dict, in the checkpoint layout of the
+    config's architecture (`models.loader.weight_map`)."""
     from flax import nnx
-    from models.loader import DTYPES, hf_name
+    from models.config import ModelConfig
+    from models.loader import DTYPES, param_name, weight_map
     from models.safetensors_io import save_file
+    from models.weights import export_hf_tensors
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    flat = params.items() if isinstance(params, dict) else ((p, v.get_value()) for p, v in nnx.to_flat_state(params))
-    tensors = {}
-    for path, value in flat:
-        name, transposed = hf_name(path)
+    if not isinstance(params, dict):
+        params = {param_name(path): var.get_value() for path, var in nnx.to_flat_state(params)}
+    cast = {}
+    for name, value in params.items():
         with np.errstate(over="ignore"):  # checked just below
-            value = np.asarray(value, np.float32).astype(DTYPES[dtype])
-        if not np.all(np.isfinite(value)):
-            raise ValueError(f"tensor {name} does not fit {dtype} (non-finite after the cast)")
-        tensors[name] = value.T if transposed else value
+            cast[name] = np.asarray(value, np.float32).astype(DTYPES[dtype])
+        if not np.all(np.isfinite(cast[name])):
+            raise ValueError(f"parameter {name} does not fit {dtype} (non-finite after the cast)")
+    tensors = export_hf_tensors(weight_map(ModelConfig.from_hf_dict(hf_config)), cast)
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:

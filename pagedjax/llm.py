@@ -30,37 +30,32 @@ def parse_prompt(prompt: Any) -> tuple[str | None, list[int] | None]:
 class LLM:
     """An offline LLM over the paged engine (vLLM's `LLM`).
 
-    Args:
-        model: a checkpoint directory or Hugging Face hub id.
-        tokenizer: tokenizer directory/id (default: the model's).
+    `LLM(model, **options)`: `model` is a checkpoint directory, a Hugging Face hub id, a preset
+    (random weights) or None for the built-in default model; `options` are any `EngineConfig`
+    fields (vLLM's names and defaults; an unknown one is a TypeError naming it), e.g.:
+
         dtype: "auto" (the checkpoint's), "float32", "bfloat16" or "float16".
         block_size: tokens per KV block (8, 16, 32 or 64).
-        num_kv_blocks: size of the KV pool in blocks (default: sized from free device memory).
+        num_kv_blocks / kv_cache_memory_bytes: the KV pool's size (default: sized from free
+            device memory; 1 GiB where the device reports none).
         gpu_memory_utilization: fraction of device memory the weights, activations and KV pool may use.
         max_model_len: context length (default: the model's); prompts longer than it are rejected.
-        max_num_seqs: sequences per step at most.
-        max_num_batched_tokens: tokens per step at most (default 8192); longer prompts are chunked.
-        enable_prefix_caching: reuse KV blocks of identical prompt prefixes.
+        max_num_seqs, max_num_batched_tokens: sequences / tokens per step at most (default 256 / 8192);
+            longer prompts are chunked.
+        enable_prefix_caching: reuse KV blocks of identical prompt prefixes (default on).
+        async_scheduling: prepare step N+1 on the host while step N runs (default on).
         attention_backend: "auto" (Pallas on GPU, jnp reference elsewhere), "pallas", "reference",
             or "pallas_interpret" (the kernels in interpret mode, for testing on CPU).
-        seed: seed of the engine's random stream (requests may carry their own).
-        skip_tokenizer_init: load no tokenizer (prompts as token ids, outputs without text).
-        tensor_parallel_size: devices to split the model over (tensor parallelism over the first
-            N of `jax.devices()`; see models/sharding.py for what N must divide).
+        seed, tokenizer, skip_tokenizer_init, tensor_parallel_size, max_logprobs.
+    See `pagedjax.config.EngineConfig` for all of them.
     """
 
-    def __init__(self, model: str, *, tokenizer: str | None = None, dtype: str = "auto", block_size: int = 16,
-                 num_kv_blocks: int | None = None, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, max_num_seqs: int = 256,
-                 max_num_batched_tokens: int | None = None, enable_prefix_caching: bool = True,
-                 attention_backend: str = "auto", seed: int = 0, tensor_parallel_size: int = 1,
-                 skip_tokenizer_init: bool = False):
-        self.engine = LLMEngine(EngineConfig(
-            model=model, tokenizer=tokenizer, dtype=dtype, block_size=block_size, num_kv_blocks=num_kv_blocks,
-            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-            enable_prefix_caching=enable_prefix_caching, attention_backend=attention_backend, seed=seed,
-            tensor_parallel_size=tensor_parallel_size, skip_tokenizer_init=skip_tokenizer_init))
+    def __init__(self, model: str | None = None, **options: Any):
+        unknown = sorted(set(options) - set(EngineConfig.field_names()) - {"model"})
+        if unknown:
+            raise TypeError(f"LLM() got an unexpected keyword argument {unknown[0]!r} "
+                            f"(engine options: {', '.join(EngineConfig.field_names()[1:])})")
+        self.engine = LLMEngine(EngineConfig(model=model, **options))
 
     def get_tokenizer(self):
         return self.engine.tokenizer
@@ -76,7 +71,7 @@ class LLM:
 
     def precompile(self) -> int:
         """Compiles every step bucket now (start-up warm-up); returns the number compiled."""
-        return self.engine.runner.precompile()
+        return self.engine.runner.steps.precompile()
 
     def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:

@@ -1,302 +1,194 @@
-"""The model runner: pads each scheduled step to a bucket and runs one jitted step per bucket.
+"""The model runner: executes `SchedulerOutput`s on the device (vLLM v1's runner contract).
 
-The KV pool `[num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim]` is allocated
-once and donated to every step, which writes this step's K/V into it in place and attends
-through the block tables. Shapes inside jit are static: a step is padded to a bucket
-(`StepShape`) from a short fixed list, each bucket is compiled once (ahead of time, counted in
-`num_compiles`), and `precompile()` can build them all up front.
+It owns the parameters, the KV pool `[num_layers, 2, num_kv_heads, num_blocks, block_size,
+head_dim]` (allocated once, donated to every step, written in place), the compiled steps (one
+per `StepShape` bucket, compiled ahead of time and counted in `num_compiles`), the memory
+profile that sizes the pool (`profile_num_blocks`), and a persistent input batch keyed by
+request id: new requests arrive once, running ones as deltas, and the runner appends the
+tokens it samples to its own copy of each request's tokens.
+
+Compiled steps live in `self.steps` (pagedjax/compiled_steps.py).
+
+`execute_model(output)` dispatches the step and returns a `StepHandle` at once; its
+`result()` waits for the device and returns the `ModelRunnerOutput`. The engine may prepare
+and dispatch the next step before asking for the previous one's result (asynchronous
+scheduling): the next step's inputs that are the previous step's samples are fed on the device
+(`carry`), with no host round trip.
 
 Tensor parallelism (`mesh` given): parameters arrive sharded (models/sharding.py), the pool is
-sharded on its kv-head axis, the host inputs of a step are replicated, and attention runs
-under `shard_map` (models/attention.py). Without a mesh nothing of that is traced.
+sharded on its kv-head axis, host inputs are replicated, and attention runs under `shard_map`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
-import operator
-import time
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh
 
-from models.attention import PagedAttentionMetadata, PagedKVCache
 from models.config import ModelConfig
-from models.sharding import TP_AXIS, kv_pool_sharding, pool_kv_heads, replicated, shard_map
-from pagedjax.sampler import MAX_LOGPROBS, SamplingTensors, sample
+from models.sharding import TP_AXIS, kv_pool_sharding, pool_kv_heads, replicated
+from pagedjax.config import DEFAULT_CPU_KV_CACHE_BYTES
+from pagedjax.input_batch import CachedRequest, InputBatch, StepPlan, build_step_inputs, columns_tensors
+from pagedjax.model_step import input_layout, pack_inputs
+from pagedjax.compiled_steps import CompiledSteps
+from pagedjax.step_shapes import StepBuckets, pow2_at_least
 
 
-def pow2_buckets(smallest: int, largest: int) -> tuple[int, ...]:
-    """Powers of two from `smallest` up to `largest`, with `largest` itself as the last bucket."""
-    out, b = [], smallest
-    while b < largest:
-        out.append(b)
-        b *= 2
-    out.append(largest)
-    return tuple(out)
-
-
-def pow2_at_least(n: int, minimum: int) -> int:
-    """The smallest power of two >= n and >= minimum (open-ended buckets of rare step variants)."""
-    return max(minimum, 1 << max(0, n - 1).bit_length())
-
-
-def pick_bucket(buckets: Sequence[int], n: int) -> int:
-    for b in buckets:
-        if b >= n:
-            return b
-    raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
-
-
-@dataclasses.dataclass(frozen=True)
-class StepShape:
-    """The static shape of one compiled step."""
-
-    num_tokens: int  # T: packed tokens
-    num_seqs: int  # S: sequences (rows of block tables and of the sampler)
-    table_width: int  # W: block-table columns
-    decode_only: bool  # one token per sequence: the decode kernel
-    penalty_len: int  # P: token-history columns for penalties (0 = no row uses penalties)
-    suppress_len: int  # E: suppressed-token columns (min_tokens), 0 = none
-    num_logprobs: int  # top logprobs returned per row (0 or MAX_LOGPROBS)
-    prompt_logprobs: bool = False  # also logprobs of every packed token's next token
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingRow:
-    """What the runner needs to sample one sequence's next token (built by the engine)."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    wants_logprobs: bool = False
-
-    @property
-    def uses_penalties(self) -> bool:
-        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+def device_memory_stats(devices) -> list[dict | None]:
+    """Each device's `memory_stats()` (None where the platform reports none, e.g. CPU)."""
+    return [d.memory_stats() if hasattr(d, "memory_stats") else None for d in devices]
 
 
 @dataclasses.dataclass
-class StepResult:
-    """Host-side results of one step, one entry per scheduled sequence (in batch order)."""
+class ModelRunnerOutput:
+    """Host-side results of one step.
 
-    token_ids: np.ndarray  # i32[num_seqs]
-    logprobs: np.ndarray  # f32[num_seqs]: raw logprob of the sampled token
-    ranks: np.ndarray  # i32[num_seqs]
-    top_ids: np.ndarray | None  # i32[num_seqs, MAX_LOGPROBS] when any row asked for logprobs
-    top_logprobs: np.ndarray | None  # f32[num_seqs, MAX_LOGPROBS]
-    # per packed token (prompt logprobs): top ids i32[T, K], top logprobs f32[T, K], the next
-    # token's logprob f32[T] and rank i32[T]; None unless the step computed them
-    prompt: tuple | None = None
-
-    @functools.cached_property
-    def logprob_list(self) -> list[float]:
-        """`logprobs` as Python floats (one conversion for the whole batch)."""
-        return self.logprobs.tolist()
-
-
-@dataclasses.dataclass
-class SampleRows:
-    """The sampler's rows of one step, as parallel lists (built by the engine)."""
-
-    seq_index: list[int]  # the scheduled sequence whose last token's logits the row samples
-    params: list[SamplingRow]
-    sample_index: list[int]  # tokens the row's completion has generated so far (seeded streams)
-    suppress: list[tuple[int, ...]] | None = None  # token ids forbidden this step (min_tokens)
-    histories: list | None = None  # per row (prompt ids, output ids) or None; only with penalties
-
-
-def _token_logprobs(model, hidden, next_ids, k: int):
-    """Logprobs of each packed token's next token, in chunks so [chunk, vocab] is all that lives:
-    (top ids i32[T, k], top logprobs f32[T, k], next-token logprob f32[T], its rank i32[T])."""
-    num_tokens = hidden.shape[0]
-    chunk = min(num_tokens, 64)
-
-    def one(args):
-        h, nxt = args  # [C, H], i32[C]
-        lp = jax.nn.log_softmax(model.compute_logits(h), axis=-1)  # f32[C, V]
-        top_lp, top_ids = jax.lax.top_k(lp, k)
-        target = jnp.take_along_axis(lp, nxt[:, None], axis=-1)[:, 0]
-        rank = jnp.sum(lp > target[:, None], axis=-1).astype(jnp.int32) + 1
-        return top_ids.astype(jnp.int32), top_lp, target, rank
-
-    outs = jax.lax.map(one, (hidden.reshape(num_tokens // chunk, chunk, -1), next_ids.reshape(-1, chunk)))
-    return tuple(o.reshape(num_tokens, *o.shape[2:]) for o in outs)
-
-
-def _step(graphdef, backend: str, mesh: Mesh | None, decode_only: bool, num_logprobs: int, prompt_logprobs: bool,
-          params, kv_pool, inputs: dict, sampling: SamplingTensors, rng):
-    """One engine step on device: forward over the packed tokens, then sample one token per row.
-
-    `rng` u32[2] = (engine seed, step counter): this step's key is derived on device, saving a
-    host-side dispatch per step.
+    sampled: request id -> its sampled token, for every request that sampled (fork children
+    included). index: request id -> its row in the arrays below.
     """
-    model = nnx.merge(graphdef, params)
-    key = jax.random.fold_in(jax.random.key(rng[0]), rng[1])
-    metadata = PagedAttentionMetadata(
-        slot_mapping=inputs["slot_mapping"], block_tables=inputs["block_tables"], kv_lens=inputs["kv_lens"],
-        query_start_loc=inputs["query_start_loc"], backend=backend, decode_only=decode_only, mesh=mesh)
-    hidden, cache = model(inputs["token_ids"], inputs["positions"], PagedKVCache(kv_pool, metadata))
-    logits = model.compute_logits(hidden[inputs["logits_indices"]])  # f32[S, V]
-    outs = sample(logits, sampling, key, num_logprobs=num_logprobs)
-    if prompt_logprobs:
-        outs = (*outs, _token_logprobs(model, hidden, inputs["next_token_ids"], MAX_LOGPROBS))
-    if mesh is not None:  # results whole on every device (each host reads its own copy); pool stays split
-        outs = jax.lax.with_sharding_constraint(outs, replicated(mesh))
-        return jax.lax.with_sharding_constraint(cache.kv_pool, kv_pool_sharding(mesh)), outs
-    return cache.kv_pool, outs
+
+    sampled: dict[str, int]
+    index: dict[str, int]
+    logprobs: np.ndarray  # f32[R]: raw logprob of each sampled token
+    ranks: np.ndarray  # i32[R]
+    top_ids: np.ndarray | None  # i32[R, MAX_LOGPROBS] when some row asked for logprobs
+    top_logprobs: np.ndarray | None  # f32[R, MAX_LOGPROBS]
+    # request id -> (start position, top ids i32[n, K], top logprobs f32[n, K], the next token's
+    # logprob f32[n], its rank i32[n]) for the n positions it computed (prompt logprobs)
+    prompt: dict[str, tuple] = dataclasses.field(default_factory=dict)
 
 
-def _copy_blocks(kv_pool, src, dst):
-    """kv_pool[:, :, :, dst] = kv_pool[:, :, :, src] (copy-on-write), in place when donated."""
-    return kv_pool.at[:, :, :, dst].set(kv_pool[:, :, :, src])
+class StepHandle:
+    """A dispatched step; `result()` waits for it (once) and returns its ModelRunnerOutput."""
 
+    def __init__(self, runner: "ModelRunner", plan: StepPlan, outs):
+        self._runner, self._plan, self._outs = runner, plan, outs
+        self._result: ModelRunnerOutput | None = None
 
-def _sharded_copy_blocks(mesh: Mesh, kv_pool, src, dst):
-    """`_copy_blocks` on each device's slice of the kv-head axis (no data crosses devices)."""
-    pool_spec, rep = PartitionSpec(None, None, TP_AXIS), PartitionSpec()
-    return shard_map(_copy_blocks, mesh, in_specs=(pool_spec, rep, rep), out_specs=pool_spec)(kv_pool, src, dst)
+    def result(self) -> ModelRunnerOutput:
+        if self._result is None:
+            self._result = self._runner._collect(self._plan, jax.device_get(self._outs))
+            self._outs = None
+        return self._result
 
 
 class ModelRunner:
     """Owns the parameters, the KV pool and the compiled steps; executes `SchedulerOutput`s."""
 
-    def __init__(self, graphdef, params, config: ModelConfig, *, num_blocks: int, block_size: int,
-                 max_model_len: int, max_num_seqs: int, max_num_batched_tokens: int, backend: str,
-                 kv_dtype, seed: int = 0, mesh: Mesh | None = None):
-        """`mesh`: the tensor-parallel mesh (`tp` axis) the parameters are sharded over; None = one device."""
-        self.graphdef, self.params, self.config = graphdef, params, config
-        self.mesh = mesh
-        self.block_size, self.num_blocks, self.backend = block_size, num_blocks, backend
+    def __init__(self, graphdef, params, config: ModelConfig, *, block_size: int, max_model_len: int,
+                 max_num_seqs: int, max_num_batched_tokens: int, backend: str, kv_dtype, seed: int = 0,
+                 mesh: Mesh | None = None, num_blocks: int | None = None):
+        """`mesh`: the tensor-parallel mesh (`tp` axis) the parameters are sharded over; None = one
+        device. `num_blocks`: allocate the KV pool now (else `profile_num_blocks`, then
+        `allocate_kv_cache`)."""
+        self.graphdef, self.params, self.config, self.mesh = graphdef, params, config, mesh
+        self.block_size, self.backend, self.max_num_seqs = block_size, backend, max_num_seqs
+        self.max_model_len = max_model_len
         self.max_blocks_per_seq = -(-max_model_len // block_size)
-        self.max_num_seqs = max_num_seqs
-        self.token_buckets = pow2_buckets(16, max(16, max_num_batched_tokens))
-        self.seq_buckets = pow2_buckets(min(8, max_num_seqs), max_num_seqs)
-        # The Pallas kernels loop to each sequence's length, so one full-width table costs nothing;
-        # the jnp reference gathers the whole table, so it gets width buckets.
-        self.width_buckets = ((self.max_blocks_per_seq,) if backend == "pallas"
-                              else pow2_buckets(min(4, self.max_blocks_per_seq), self.max_blocks_per_seq))
-        tp = 1 if mesh is None else mesh.shape[TP_AXIS]
-        self._pool_shape = (config.num_layers, 2, pool_kv_heads(config, tp), num_blocks, block_size, config.head_dim)
-        self._kv_dtype, self.mesh = kv_dtype, mesh
+        self.buckets = StepBuckets(max_num_seqs, max_num_batched_tokens, self.max_blocks_per_seq,
+                                   full_width_tables=backend == "pallas")
+        self.tp = 1 if mesh is None else mesh.shape[TP_AXIS]
+        self._kv_dtype = kv_dtype
         self._host_sharding = None if mesh is None else replicated(mesh)
-        self.kv_pool = self.allocate_kv_pool()
         self._seed = seed & 0xFFFFFFFF
-        self._step_count = 0
-        self._compiled: dict = {}
-        self._table_cache = None  # (request ids, block tables, table lengths, last blocks) of the last step
-        self._sampling_cache = None  # ((S, row identities), parameter columns, rows) of the last step
-        self.num_compiles = 0
-        self.compile_seconds = 0.0
+        self.steps = CompiledSteps(graphdef, params, backend=backend, mesh=mesh, buckets=self.buckets,
+                                   carry_len=max_num_seqs, host_sharding=self._host_sharding,
+                                   pool_struct=self._pool_struct, num_blocks=lambda: self.num_blocks)
+        self.profile: dict = {}
+        self.num_blocks = 0
+        self.kv_pool = None
+        self.reset_state()
+        if num_blocks is not None:
+            self.allocate_kv_cache(num_blocks)
 
-    def allocate_kv_pool(self):
-        """A zeroed KV pool `[L, 2, Hkv, num_blocks, block_size, D]` (with tp: the kv-head axis
-        sharded, `Hkv / tp` heads created in place on each device)."""
-        shape, dtype = self._pool_shape, self._kv_dtype
+    # ----------------------------------------------------------------------------- state
+
+    def reset_state(self) -> None:
+        """Forgets every request (a fresh start: after a failed step, all requests come back new)."""
+        self.requests: dict[str, CachedRequest] = {}
+        self.batch = InputBatch(self.max_num_seqs, self.max_blocks_per_seq)
+        self._carry = self._zeros_carry()
+        self._carry_rows: dict[str, int] = {}
+        self._sampling_cache: tuple = (None, None)  # ((batch version, S), device SamplingTensors)
+        self._step_count = 0
+
+    def reset_after_failure(self) -> None:
+        """After a failed step: a fresh pool if the donated one was lost, and no request state."""
+        if self.kv_pool is not None and self.kv_pool.is_deleted():
+            self.kv_pool = self._new_pool(self.num_blocks)
+        self.reset_state()
+
+    def _to_device(self, tree):
+        """A host pytree as device arrays (replicated over the mesh, if any)."""
+        return jax.device_put(tree, self._host_sharding) if self._host_sharding is not None else jax.device_put(tree)
+
+    def _zeros_carry(self):
+        if self.mesh is None:
+            return jnp.zeros((self.max_num_seqs,), jnp.int32)
+        return jax.device_put(np.zeros(self.max_num_seqs, np.int32), self._host_sharding)
+
+    # ----------------------------------------------------------------------------- memory
+
+    def _pool_shape(self, num_blocks: int) -> tuple[int, ...]:
+        cfg = self.config
+        return (cfg.num_layers, 2, pool_kv_heads(cfg, self.tp), num_blocks, self.block_size, cfg.head_dim)
+
+    def bytes_per_block(self) -> int:
+        """One device's bytes of one KV block (its share of the kv heads under tensor parallelism)."""
+        return int(np.prod(self._pool_shape(1))) * np.dtype(self._kv_dtype).itemsize // self.tp
+
+    def profile_num_blocks(self, gpu_memory_utilization: float, kv_cache_memory_bytes: int | None) -> int:
+        """KV blocks that fit: `kv_cache_memory_bytes` per device when given; else
+        `gpu_memory_utilization` of the memory JAX may use, minus what is in use (the weights) and
+        the largest step's temporaries (from its compiled memory analysis against a one-block
+        pool; nothing is allocated for it). Devices that report no memory (CPU) get 1 GiB, and
+        never more blocks than `max_num_seqs` full-length sequences need. The tightest device
+        decides (over several hosts, the tightest host: every process builds the same pool)."""
+        per_block = self.bytes_per_block()
+        if kv_cache_memory_bytes is not None:
+            return max(1, kv_cache_memory_bytes // per_block)
+        max_useful = self.max_blocks_per_seq * self.max_num_seqs
+        devices = [jax.devices()[0]] if self.mesh is None else [
+            d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+        stats = device_memory_stats(devices)
+        if not all(st and "bytes_limit" in st for st in stats):
+            return max(1, min(DEFAULT_CPU_KV_CACHE_BYTES // per_block, max_useful))
+        largest = self.steps.shape(self.buckets.token_buckets[-1], 1, self.max_blocks_per_seq, False)
+        compiled = self.steps.compile(largest, num_blocks=1)
+        temp = int(compiled.memory_analysis().temp_size_in_bytes)  # per device for a partitioned step
+        del compiled
+        usable = [st["bytes_limit"] * gpu_memory_utilization - st["bytes_in_use"] for st in stats]
+        tightest = stats[int(np.argmin(usable))]
+        self.profile = dict(bytes_limit=tightest["bytes_limit"], bytes_in_use=tightest["bytes_in_use"],
+                            step_temp_bytes=temp, bytes_per_block=per_block)
+        num_blocks = max(0, min(int((min(usable) - temp) // per_block), max_useful))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            num_blocks = int(np.min(multihost_utils.process_allgather(np.int64(num_blocks))))
+        return num_blocks
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        """Allocates the zeroed KV pool of `num_blocks` blocks (once)."""
+        if self.kv_pool is not None:
+            raise RuntimeError("the KV pool is already allocated")
+        self.num_blocks = num_blocks
+        self.kv_pool = self._new_pool(num_blocks)
+
+    def _new_pool(self, num_blocks: int):
+        """A zeroed pool (with tp: the kv-head axis sharded, created in place on each device)."""
+        shape, dtype = self._pool_shape(num_blocks), self._kv_dtype
         if self.mesh is None:
             return jnp.zeros(shape, dtype)
         return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=kv_pool_sharding(self.mesh))()
 
-    def reset_after_failure(self) -> None:
-        """After a failed step: a fresh pool if the donated one was lost, and no cached host rows."""
-        if self.kv_pool.is_deleted():
-            self.kv_pool = self.allocate_kv_pool()
-        self._table_cache = self._sampling_cache = None
-
-    # ----------------------------------------------------------------------------- shapes
-
-    def _seq_bucket(self, n: int) -> int:
-        # beyond max_num_seqs only when forks add sampler rows: rare, compiled on demand
-        return pick_bucket(self.seq_buckets, n) if n <= self.seq_buckets[-1] else pow2_at_least(n, 1)
-
-    def step_shape(self, num_tokens: int, num_seqs: int, max_blocks: int, decode_only: bool,
-                   penalty_len: int = 0, suppress_len: int = 0, logprobs: bool = False,
-                   prompt_logprobs: bool = False) -> StepShape:
-        """The bucket of a step with `num_tokens` tokens and `num_seqs` rows (sequences or sampler rows)."""
-        if decode_only:
-            seqs = self._seq_bucket(num_seqs)
-            tokens = seqs
-        else:
-            # S depends on T alone (S >= num_seqs since every sequence has a token): fewer buckets.
-            tokens = pick_bucket(self.token_buckets, num_tokens)
-            seqs = self._seq_bucket(max(min(tokens, self.max_num_seqs), num_seqs))
-        return StepShape(
-            num_tokens=tokens, num_seqs=seqs, table_width=pick_bucket(self.width_buckets, max(max_blocks, 1)),
-            decode_only=decode_only,
-            penalty_len=pow2_at_least(penalty_len, 16) if penalty_len else 0,
-            suppress_len=pow2_at_least(suppress_len, 4) if suppress_len else 0,
-            num_logprobs=MAX_LOGPROBS if logprobs else 0, prompt_logprobs=prompt_logprobs)
-
-    def all_step_shapes(self) -> list[StepShape]:
-        """Every plain-sampling bucket (no penalties, suppression or logprobs): what warm-up compiles."""
-        shapes = []
-        for w in self.width_buckets:
-            for s in self.seq_buckets:
-                shapes.append(self.step_shape(s, s, w, True))
-            for t in self.token_buckets:
-                shapes.append(self.step_shape(t, 1, w, False))
-        return list(dict.fromkeys(shapes))
-
-    def _host_arg(self, dims: tuple, dtype) -> jax.ShapeDtypeStruct:
-        """A step input sent from the host (replicated over the mesh, if any)."""
-        return jax.ShapeDtypeStruct(dims, dtype, sharding=self._host_sharding)
-
-    def _abstract_args(self, shape: StepShape):
-        t, s, w = shape.num_tokens, shape.num_seqs, shape.table_width
-        i32 = lambda *dims: self._host_arg(dims, jnp.int32)  # noqa: E731
-        f32 = lambda *dims: self._host_arg(dims, jnp.float32)  # noqa: E731
-        inputs = dict(token_ids=i32(t), positions=i32(t), slot_mapping=i32(t), block_tables=i32(s, w),
-                      kv_lens=i32(s), query_start_loc=i32(s + 1), logits_indices=i32(s))
-        if shape.prompt_logprobs:
-            inputs["next_token_ids"] = i32(t)
-        sampling = SamplingTensors(
-            temperature=f32(s), top_k=i32(s), top_p=f32(s), min_p=f32(s), presence_penalty=f32(s),
-            frequency_penalty=f32(s), repetition_penalty=f32(s), seed=self._host_arg((s,), jnp.uint32),
-            has_seed=self._host_arg((s,), jnp.bool_), sample_index=i32(s),
-            suppress_tokens=i32(s, shape.suppress_len), prompt_tokens=i32(s, shape.penalty_len),
-            output_tokens=i32(s, shape.penalty_len))
-        params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.params)
-        pool = jax.ShapeDtypeStruct(self.kv_pool.shape, self.kv_pool.dtype, sharding=self.kv_pool.sharding)
-        return params, pool, inputs, sampling, self._host_arg((2,), jnp.uint32)
-
-    def compiled_step(self, shape: StepShape):
-        """The compiled step for `shape` (compiling it on first use)."""
-        fn = self._compiled.get(shape)
-        if fn is None:
-            start = time.perf_counter()
-            jitted = jax.jit(functools.partial(_step, self.graphdef, self.backend, self.mesh, shape.decode_only,
-                                               shape.num_logprobs, shape.prompt_logprobs), donate_argnums=(1,))
-            fn = jitted.lower(*self._abstract_args(shape)).compile()
-            self._compiled[shape] = fn
-            self.num_compiles += 1
-            self.compile_seconds += time.perf_counter() - start
-        return fn
-
-    def precompile(self, shapes: Sequence[StepShape] | None = None) -> int:
-        """Compiles the given buckets (default: all plain-sampling ones); returns how many were new."""
-        before = self.num_compiles
-        for shape in shapes or self.all_step_shapes():
-            self.compiled_step(shape)
-        return self.num_compiles - before
-
-    def step_memory(self, shape: StepShape) -> dict:
-        """The compiled step's memory analysis: temporaries against the KV pool's size (both per
-        device under tensor parallelism)."""
-        analysis = self.compiled_step(shape).memory_analysis()
-        return dict(temp_bytes=int(analysis.temp_size_in_bytes),
-                    argument_bytes=int(analysis.argument_size_in_bytes),
-                    kv_pool_bytes=int(self.kv_pool.addressable_shards[0].data.nbytes))
+    def _pool_struct(self, num_blocks: int) -> jax.ShapeDtypeStruct:
+        sharding = None if self.mesh is None else kv_pool_sharding(self.mesh)
+        return jax.ShapeDtypeStruct(self._pool_shape(num_blocks), self._kv_dtype, sharding=sharding)
 
     # ----------------------------------------------------------------------------- execution
 
@@ -305,173 +197,67 @@ class ModelRunner:
         if not pairs:
             return
         n = pow2_at_least(len(pairs), 4)
-        src = np.zeros(n, np.int32)
-        dst = np.zeros(n, np.int32)
+        src, dst = np.zeros(n, np.int32), np.zeros(n, np.int32)
         src[: len(pairs)], dst[: len(pairs)] = zip(*pairs)
         # Padding pairs copy block src[0] onto dst[0] again: idempotent.
         src[len(pairs):], dst[len(pairs):] = src[0], dst[0]
-        key = ("copy", n)
-        fn = self._compiled.get(key)
-        if fn is None:
-            spec = self._host_arg((n,), jnp.int32)
-            pool = jax.ShapeDtypeStruct(self.kv_pool.shape, self.kv_pool.dtype, sharding=self.kv_pool.sharding)
-            copy = _copy_blocks if self.mesh is None else functools.partial(_sharded_copy_blocks, self.mesh)
-            fn = jax.jit(copy, donate_argnums=(0,)).lower(pool, spec, spec).compile()
-            self._compiled[key] = fn
-            self.num_compiles += 1
-        self.kv_pool = fn(self.kv_pool, src, dst)
+        self.kv_pool = self.steps.block_copy(n)(self.kv_pool, src, dst)
 
-    def prepare_inputs(self, scheduled: Sequence, rows: "SampleRows",
-                       next_after_chunk: Sequence[int] | None = None, any_logprobs: bool | None = None):
-        """Host arrays for one step (padded to its bucket) and its `StepShape`.
-
-        `scheduled`: the ScheduledRequests in batch order; `rows`: the sampler's rows (normally
-        one per scheduled sequence, plus extra rows where a request forks into several samples).
-        `next_after_chunk[i]`: the token following scheduled[i]'s tokens (0 if none yet); given,
-        the step also returns every token's next-token logprobs (prompt logprobs).
-        `any_logprobs`: whether some row wants logprobs (computed from `rows` when None).
-
-        NOTE: this runs every step on the host; per-sequence Python loops are kept to a few
-        (C-level `zip`/`map` transpositions, caches of what did not change since the last step).
-        """
-        prompt_logprobs = next_after_chunk is not None
-        bs = self.block_size
-        ids, token_lists, starts, tables, _ = zip(*scheduled)
-        num_seqs = len(ids)
-        num_rows = len(rows.params)
-        lens = list(map(len, token_lists))
-        num_tokens = sum(lens)
-        decode_only = num_tokens == num_seqs and not prompt_logprobs
-        table_lens = list(map(len, tables))
-        penalty_len = 0
-        if rows.histories is not None:
-            penalty_len = max((max(len(h[0]), len(h[1])) for h in rows.histories if h is not None), default=0) or 1
-        suppress_len = max((len(x) for x in rows.suppress), default=0) if rows.suppress else 0
-        if any_logprobs is None:
-            any_logprobs = any(p.wants_logprobs for p in rows.params)
-        shape = self.step_shape(num_tokens, max(num_seqs, num_rows), max(table_lens), decode_only, penalty_len,
-                                suppress_len, any_logprobs, prompt_logprobs)
-        t, s, w = shape.num_tokens, shape.num_seqs, shape.table_width
-
-        block_tables = np.zeros((s, w), np.int32)
-        self._fill_block_tables(block_tables, ids, tables, table_lens)
-        token_ids = np.zeros(t, np.int32)
-        positions = np.zeros(t, np.int32)
-        slot_mapping = np.full(t, -1, np.int32)
-        kv_lens = np.zeros(s, np.int32)
-        qsl = np.full(s + 1, num_tokens, np.int32)
-        if decode_only:
-            pos = np.fromiter(starts, np.int32, num_seqs)
-            token_ids[:num_seqs] = [toks[0] for toks in token_lists]
-            positions[:num_seqs] = pos
-            slot_mapping[:num_seqs] = block_tables[np.arange(num_seqs), pos // bs] * bs + pos % bs
-            kv_lens[:num_seqs] = pos + 1
-            qsl[:num_seqs] = np.arange(num_seqs)
-            last_index = np.arange(num_seqs, dtype=np.int32)  # each sequence's last packed token
-        else:
-            token_ids[:num_tokens] = np.fromiter(itertools.chain.from_iterable(token_lists), np.int32, num_tokens)
-            seq_of_token = np.repeat(np.arange(num_seqs), lens)
-            begin = np.cumsum(lens) - lens  # [num_seqs] packed offset of each sequence
-            pos = np.fromiter(starts, np.int32, num_seqs)[seq_of_token] + np.arange(num_tokens) - begin[seq_of_token]
-            positions[:num_tokens] = pos
-            slot_mapping[:num_tokens] = block_tables[seq_of_token, pos // bs] * bs + pos % bs
-            kv_lens[:num_seqs] = pos[begin + np.asarray(lens) - 1] + 1
-            qsl[:num_seqs] = begin
-            last_index = (begin + np.asarray(lens) - 1).astype(np.int32)
-        logits_indices = np.zeros(s, np.int32)
-        logits_indices[:num_rows] = last_index[rows.seq_index] if num_rows != num_seqs else last_index
-        inputs = dict(token_ids=token_ids, positions=positions, slot_mapping=slot_mapping,
-                      block_tables=block_tables, kv_lens=kv_lens, query_start_loc=qsl,
-                      logits_indices=logits_indices)
-        if prompt_logprobs:  # the token each position predicts: the next one of its sequence
-            targets = np.zeros(t, np.int32)
-            targets[: num_tokens - 1] = token_ids[1:num_tokens]
-            targets[last_index] = next_after_chunk
-            inputs["next_token_ids"] = targets
-        return shape, inputs, self._sampling_tensors(shape, rows)
-
-    def _fill_block_tables(self, out: np.ndarray, ids: tuple, tables: tuple, table_lens: list) -> None:
-        """Writes each sequence's block table into `out` [S, W], reusing the previous step's rows.
-
-        Consecutive decode steps mostly schedule the same requests with the same tables. A table
-        only changes by growing (a new block) or by copy-on-write of the block being written,
-        which is always its last one; so when the request order is unchanged, a row whose
-        length and last block are unchanged is copied from the previous step's array.
-        NOTE: preempted or finished requests change the order, so the cache is not used then.
-        """
-        lasts = list(map(operator.itemgetter(-1), tables))
-        prev = self._table_cache
-        if prev is not None and prev[0] == ids and prev[1].shape == out.shape:
-            _, prev_out, prev_lens, prev_lasts = prev
-            out[:] = prev_out
-            if prev_lens != table_lens or prev_lasts != lasts:
-                for i, (a, b, c, d) in enumerate(zip(table_lens, prev_lens, lasts, prev_lasts)):
-                    if a != b or c != d:
-                        out[i, :a] = tables[i]
-        else:
-            for i, table in enumerate(tables):
-                out[i, : len(table)] = table
-        self._table_cache = (ids, out.copy(), table_lens, lasts)
-
-    def _sampling_tensors(self, shape: StepShape, rows: "SampleRows") -> SamplingTensors:
-        s, n = shape.num_seqs, len(rows.params)
-        params = rows.params
-        key = (s, tuple(map(id, params)))
-        cached = self._sampling_cache
-        if cached is not None and cached[0] == key:
-            columns = cached[1]
-        else:
-            def col(values, dtype, fill):
-                out = np.full(s, fill, dtype)
-                out[:n] = values
-                return out
-
-            seeds = [row.seed for row in params]
-            columns = dict(
-                temperature=col([r.temperature for r in params], np.float32, 0.0),
-                top_k=col([r.top_k for r in params], np.int32, 0),
-                top_p=col([r.top_p for r in params], np.float32, 1.0),
-                min_p=col([r.min_p for r in params], np.float32, 0.0),
-                presence_penalty=col([r.presence_penalty for r in params], np.float32, 0.0),
-                frequency_penalty=col([r.frequency_penalty for r in params], np.float32, 0.0),
-                repetition_penalty=col([r.repetition_penalty for r in params], np.float32, 1.0),
-                seed=col([(x or 0) & 0xFFFFFFFF for x in seeds], np.uint32, 0),
-                has_seed=col([x is not None for x in seeds], np.bool_, False))
-            # NOTE: keyed by the SamplingRow objects' identities, which the engine keeps alive
-            # (and constant) for the life of their completions.
-            self._sampling_cache = (key, columns, params)
-        sample_index = np.zeros(s, np.int32)
-        sample_index[:n] = rows.sample_index
-        prompt_tokens = np.full((s, shape.penalty_len), -1, np.int32)
-        output_tokens = np.full((s, shape.penalty_len), -1, np.int32)
-        if shape.penalty_len:
-            for i, history in enumerate(rows.histories):
-                if history is not None:
-                    prompt, output = history
-                    prompt_tokens[i, : len(prompt)] = prompt
-                    output_tokens[i, : len(output)] = output
-        suppress = np.full((s, shape.suppress_len), -1, np.int32)
-        if shape.suppress_len:
-            for i, ids in enumerate(rows.suppress):
-                suppress[i, : len(ids)] = ids
-        return SamplingTensors(**columns, sample_index=sample_index, suppress_tokens=suppress,
-                               prompt_tokens=prompt_tokens, output_tokens=output_tokens)
-
-    def execute(self, shape: StepShape, inputs: dict, sampling: SamplingTensors, num_rows: int,
-                num_tokens: int = 0) -> StepResult:
-        """Runs the compiled step for prepared inputs; returns the first `num_rows` sampler rows'
-        results (and `num_tokens` tokens' prompt logprobs when the shape computes them)."""
-        fn = self.compiled_step(shape)
-        rng = np.array([self._seed, self._step_count & 0xFFFFFFFF], np.uint32)
+    def execute_model(self, output) -> StepHandle:
+        """Applies a SchedulerOutput to the runner's state and dispatches its step."""
+        requests = self.requests
+        for request_id in output.finished_request_ids + output.preempted_request_ids:
+            requests.pop(request_id, None)
+        for new in output.new_requests:
+            requests[new.request_id] = CachedRequest(new.request_id, list(new.token_ids), new.num_prompt_tokens,
+                                                     new.sampling_params, [], children=new.fork_children)
+        scheduled = output.scheduled
+        states = [requests[s.request_id] for s in scheduled]
+        for s, state in zip(scheduled, states):
+            if s.new_block_ids:
+                state.block_ids[s.block_ids_start:] = s.new_block_ids
+        self.batch.update(scheduled, states)
+        self.copy_blocks(output.blocks_to_copy)
+        plan = build_step_inputs(self.buckets, self.batch, scheduled, states, self._carry_rows, self.max_num_seqs,
+                                 self.block_size)
+        sampling = plan.sampling
+        if sampling is None:  # the persistent columns: on the device already unless the rows changed
+            key = (self.batch.version, plan.shape.num_seqs)
+            if self._sampling_cache[0] != key:
+                self._sampling_cache = (key, self._to_device(columns_tensors(plan.shape, self.batch, len(states))))
+            sampling = self._sampling_cache[1]
+        fn = self.steps.get(plan.shape)
+        plan.inputs["rng"] = np.array([self._seed, self._step_count & 0xFFFFFFFF], np.uint32).view(np.int32)
         self._step_count += 1
-        self.kv_pool, outs = fn(self.params, self.kv_pool, inputs, sampling, rng)
-        outs = jax.device_get(outs)
+        packed = pack_inputs(input_layout(plan.shape), plan.inputs)
+        self.kv_pool, self._carry, outs = fn(self.params, self.kv_pool, packed, sampling, self._carry)
+        for s, state in zip(scheduled, states):
+            if s.sample:
+                state.num_sampled += 1
+                state.children = ()  # sampled in this step
+        self._carry_rows = plan.carry_rows
+        for leaf in jax.tree.leaves(outs):
+            leaf.copy_to_host_async()
+        return StepHandle(self, plan, outs)
+
+    def _collect(self, plan: StepPlan, outs) -> ModelRunnerOutput:
+        """Host results of a finished step; appends each sample to its request's tokens."""
         token_ids, logprobs, ranks, top_ids, top_lp = outs[:5]
-        top = shape.num_logprobs > 0
-        result = StepResult(token_ids=token_ids[:num_rows], logprobs=logprobs[:num_rows], ranks=ranks[:num_rows],
-                            top_ids=top_ids[:num_rows] if top else None,
-                            top_logprobs=top_lp[:num_rows] if top else None)
-        if shape.prompt_logprobs:
+        rows = plan.sample_rows
+        tokens = token_ids[rows].tolist()
+        sampled = dict(zip(plan.sample_ids, tokens))
+        requests = self.requests
+        for request_id, token in sampled.items():
+            state = requests.get(request_id)
+            if state is not None:  # (fork children are not runner requests yet)
+                state.tokens.append(token)
+        top = plan.shape.num_logprobs > 0
+        result = ModelRunnerOutput(
+            sampled=sampled, index={rid: i for i, rid in enumerate(plan.sample_ids)}, logprobs=logprobs[rows],
+            ranks=ranks[rows], top_ids=top_ids[rows] if top else None, top_logprobs=top_lp[rows] if top else None)
+        if plan.shape.prompt_logprobs:
             p_ids, p_lp, p_target, p_rank = outs[5]
-            result.prompt = (p_ids[:num_tokens], p_lp[:num_tokens], p_target[:num_tokens], p_rank[:num_tokens])
+            for request_id, start, n, offset in plan.prompt_rows:
+                span = slice(offset, offset + n)
+                result.prompt[request_id] = (start, p_ids[span], p_lp[span], p_target[span], p_rank[span])
         return result

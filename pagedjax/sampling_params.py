@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from pagedjax.config import MAX_LOGPROBS
+from pagedjax.structured_output.params import StructuredOutputsParams
+
 _GREEDY_EPS = 1e-5  # vLLM treats temperatures below this as greedy
 
 
@@ -26,6 +29,11 @@ class SamplingParams:
     on generated tokens (stop tokens and EOS are suppressed before min_tokens). logprobs: number
     of top logprobs to return per generated token (the sampled token's always included);
     prompt_logprobs: likewise per prompt token. skip_special_tokens / detokenize: text options.
+    logit_bias: {token id: bias} added to the logits before sampling (OpenAI's, bias in [-100, 100]).
+    allowed_token_ids: only these tokens may be sampled. bad_words: words never generated (each
+    with and without a leading space; a multi-token word's last token is banned after the others).
+    structured_outputs: a grammar the output must follow (`StructuredOutputsParams`, or its dict:
+    json schema, regex, choice, grammar or json_object).
     """
 
     n: int = 1
@@ -49,8 +57,12 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     detokenize: bool = True
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: tuple[int, ...] | None = None
+    bad_words: tuple[str, ...] | None = None
+    structured_outputs: StructuredOutputsParams | None = None
 
-    MAX_LOGPROBS = 20  # like vLLM's default max_logprobs
+    MAX_LOGPROBS = MAX_LOGPROBS  # vLLM's default max_logprobs (the engine's max_logprobs may lower it)
 
     def __post_init__(self):
         # Normalise list inputs (users pass lists, as with vLLM) to hashable tuples.
@@ -58,11 +70,60 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop or ()))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in (self.stop_token_ids or ())))
+        for field in ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "min_p"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"SamplingParams.{field} must be a number, got {value!r}")
+        for field in ("n", "max_tokens", "min_tokens", "top_k"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"SamplingParams.{field} must be an integer, got {value!r}")
+        self._normalise_controls()
         if self.top_k == -1:
             object.__setattr__(self, "top_k", 0)
         if self.temperature < _GREEDY_EPS and self.temperature != 0.0 and self.temperature >= 0:
             object.__setattr__(self, "temperature", 0.0)
         self._validate()
+
+    def _normalise_controls(self):
+        """logit_bias with int keys and float values; tuples for the token and word lists; a dict
+        of structured_outputs fields as StructuredOutputsParams."""
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                raise ValueError(f"SamplingParams.logit_bias must be a dict of token id -> bias, got "
+                                 f"{type(self.logit_bias).__name__}")
+            bias = {}
+            for key, value in self.logit_bias.items():
+                try:
+                    token = int(key)
+                except (TypeError, ValueError):
+                    raise ValueError(f"SamplingParams.logit_bias keys must be token ids, got {key!r}") from None
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+                    raise ValueError(f"SamplingParams.logit_bias[{key!r}] must be a number in [-100, 100], "
+                                     f"got {value!r}")
+                bias[token] = float(value)
+            object.__setattr__(self, "logit_bias", bias or None)
+        if self.allowed_token_ids is not None:
+            ids = tuple(self.allowed_token_ids)
+            if not ids or any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
+                raise ValueError(f"SamplingParams.allowed_token_ids must be a non-empty list of token ids, got "
+                                 f"{self.allowed_token_ids!r}")
+            object.__setattr__(self, "allowed_token_ids", ids)
+        if self.bad_words is not None:
+            words = (self.bad_words,) if isinstance(self.bad_words, str) else tuple(self.bad_words)
+            if any(not isinstance(w, str) or not w.strip() for w in words):
+                raise ValueError(f"SamplingParams.bad_words must be non-empty strings, got {self.bad_words!r}")
+            object.__setattr__(self, "bad_words", words or None)
+        if isinstance(self.structured_outputs, dict):
+            object.__setattr__(self, "structured_outputs", StructuredOutputsParams.from_dict(self.structured_outputs))
+        elif self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise ValueError(f"SamplingParams.structured_outputs must be StructuredOutputsParams or a dict, got "
+                             f"{type(self.structured_outputs).__name__}")
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the next token depends on host-side state (a grammar, bad words)."""
+        return self.structured_outputs is not None or bool(self.bad_words)
 
     def _validate(self):
         def bad(field, value, rule):
@@ -76,10 +137,10 @@ class SamplingParams:
             bad("presence_penalty", self.presence_penalty, "in [-2, 2]")
         if not -2.0 <= self.frequency_penalty <= 2.0:
             bad("frequency_penalty", self.frequency_penalty, "in [-2, 2]")
-        if not self.repetition_penalty > 0.0:
-            bad("repetition_penalty", self.repetition_penalty, "> 0")
-        if not self.temperature >= 0.0:
-            bad("temperature", self.temperature, ">= 0")
+        if not 0.0 < self.repetition_penalty < float("inf"):
+            bad("repetition_penalty", self.repetition_penalty, "finite and > 0")
+        if not 0.0 <= self.temperature < float("inf"):
+            bad("temperature", self.temperature, "finite and >= 0")
         if not 0.0 < self.top_p <= 1.0:
             bad("top_p", self.top_p, "in (0, 1]")
         if not isinstance(self.top_k, int) or self.top_k < 0:

@@ -17,14 +17,18 @@ import numpy as np
 from flax import nnx
 
 from models.contiguous_cache import ContiguousKVCache
-from models.layers import CausalLM
+from models.transformer import CausalLM
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _prefill(graphdef, state, cache, token_ids, positions, last_index):
-    """token_ids/positions `i32[B, T]`, last_index `i32[B]` -> (f32 logits `[B, V]`, cache)."""
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _prefill(graphdef, state, cache, token_ids, positions, last_index, all_logits: bool = False):
+    """token_ids/positions `i32[B, T]`, last_index `i32[B]` -> (f32 logits `[B, V]`, cache), and with
+    `all_logits` the logits of every prompt position `[B, T, V]` too."""
     model = nnx.merge(graphdef, state)
     hidden, cache = model(token_ids, positions, cache)  # [B, T, H]
+    if all_logits:
+        logits = model.compute_logits(hidden)  # [B, T, V]
+        return jnp.take_along_axis(logits, last_index[:, None, None], axis=1)[:, 0], cache, logits
     last = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)[:, 0]  # [B, H]
     return model.compute_logits(last), cache
 
@@ -75,15 +79,17 @@ class StaticGenerator:
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float = 0.0,
                  seed: int = 0, eos_token_ids: Sequence[int] = (), ignore_eos: bool = False,
                  pad_batch_to: int | None = None, pad_prompt_to: int | None = None,
-                 cache_len: int | None = None) -> list[list[int]]:
+                 cache_len: int | None = None, return_prompt_logits: bool = False):
         """Generated token ids per prompt (the prompt excluded); stops at eos unless `ignore_eos`.
 
         `pad_batch_to` / `pad_prompt_to` pad the batch and the prompt width beyond what the prompts
         need, and `cache_len` (default `max_len`) sets the cache rows per sequence, so callers
-        can keep to a few compiled shapes.
+        can keep to a few compiled shapes. With `return_prompt_logits`, returns
+        `(outputs, logits)`: also the float32 logits of every prompt position, one `[len, V]`
+        numpy array per prompt, from the same prefill.
         """
         if not prompts:
-            return []
+            return ([], []) if return_prompt_logits else []
         cache_len = cache_len or self.max_len
         lengths = np.array([len(p) for p in prompts], np.int32)
         if lengths.min() < 1:
@@ -102,7 +108,12 @@ class StaticGenerator:
         cfg = self.config
         cache = ContiguousKVCache.create(cfg.num_layers, batch, cache_len, cfg.num_kv_heads, cfg.head_dim,
                                          self.cache_dtype)
-        logits, cache = _prefill(self.graphdef, self.state, cache, tokens, positions, last)
+        if return_prompt_logits:
+            logits, cache, every = _prefill(self.graphdef, self.state, cache, tokens, positions, last, True)
+            every = np.asarray(every)
+            prompt_logits = [every[i, : len(p)] for i, p in enumerate(prompts)]
+        else:
+            logits, cache = _prefill(self.graphdef, self.state, cache, tokens, positions, last)
         key = jax.random.key(seed)
         pos = np.zeros(batch, np.int32)
         pos[: len(prompts)] = lengths
@@ -123,4 +134,4 @@ class StaticGenerator:
                 break
             logits, cache = _decode(self.graphdef, self.state, cache, next_ids, pos)
             pos = pos + 1
-        return outputs
+        return (outputs, prompt_logits) if return_prompt_logits else outputs

@@ -49,7 +49,7 @@ def measure_decode_step(
         t0 = time.perf_counter()
         output = scheduler.schedule()
         t1 = time.perf_counter()
-        sampled = {s.request_id: [7] for s in output.scheduled if s.sample}
+        sampled = {s.request_id: 7 for s in output.scheduled if s.sample}
         t2 = time.perf_counter()
         scheduler.update(output, sampled)
         t3 = time.perf_counter()

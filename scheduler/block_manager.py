@@ -17,6 +17,11 @@ Semantics follow vLLM v1's block pool / KV cache manager:
   for the runner to copy (`take_copies`) before the step's KV writes. Full shared
   blocks are never written: appends go to the partial last block or to new blocks.
 
+- Sliding windows: for a model whose every layer attends to the last W positions only, a
+  sequence's leading blocks that fall wholly outside the window of every position still to be
+  computed are given back (`drop_blocks_before`): their table entries become NULL_BLOCK and
+  they go to the free queue (keeping their prefix-cache hash), vLLM's sliding-window manager.
+
 NOTE: invariants (checked by tests/scheduler):
 - a block is either free (ref count 0, in the free queue exactly once) or held
   (ref count == the number of block tables that contain it; no table holds a block twice);
@@ -32,6 +37,8 @@ from collections.abc import Sequence
 
 from scheduler.request import Request
 
+# A table entry whose block was given back (it fell wholly outside a sliding window).
+NULL_BLOCK = -1
 # The parent hash of every sequence's first block.
 _ROOT_HASH = hashlib.sha256(b"pagedjax prefix cache root").digest()
 
@@ -74,6 +81,10 @@ class BlockManager:
         # Per sequence: token positions that have a slot (computed or being computed).
         self._num_slotted_tokens: dict[str, int] = {}
         self._copies: list[tuple[int, int]] = []
+        # Per sequence: the first block-table index changed since `pop_table_change`.
+        self._changed_from: dict[str, int] = {}
+        # Per sequence: leading table entries given back (sliding window).
+        self._num_dropped: dict[str, int] = {}
         self.prefix_cache_queries = 0  # tokens of admitted requests looked up
         self.prefix_cache_hits = 0  # of those, tokens found in the cache
 
@@ -126,6 +137,8 @@ class BlockManager:
         for request_id, table in self._tables.items():
             num_tokens = self._num_slotted_tokens[request_id]
             for i, block_id in enumerate(table):
+                if block_id == NULL_BLOCK:
+                    continue
                 filled = min(bs, num_tokens - i * bs)
                 if filled > fill.get(block_id, 0):
                     fill[block_id] = filled
@@ -188,7 +201,8 @@ class BlockManager:
             start = request.num_computed_tokens
             end = start + num_new_tokens
             first = start // bs
-            if 0 < num_new_tokens and end <= len(request.all_token_ids) and (end - 1) // bs == first < len(table):
+            if (0 < num_new_tokens and end <= len(request.all_token_ids) + request.num_output_placeholders
+                    and (end - 1) // bs == first < len(table)):
                 if self._ref_counts[table[first]] == 1:
                     self._num_slotted_tokens[request_id] = end
                     return table
@@ -199,9 +213,10 @@ class BlockManager:
             raise ValueError(f"{request_id}: computed blocks are only for a sequence without blocks")
         start = request.num_computed_tokens + len(computed_blocks) * bs
         end = start + num_new_tokens
-        if end > len(request.all_token_ids):
+        if end > request.num_tokens_with_placeholders:
             raise ValueError(
-                f"{request_id}: slots for positions up to {end} but it has {len(request.all_token_ids)} tokens"
+                f"{request_id}: slots for positions up to {end} but it has {request.num_tokens_with_placeholders} "
+                f"tokens (in flight included)"
             )
         num_required = cdiv(end, bs)
         ref_counts = self._ref_counts
@@ -214,6 +229,7 @@ class BlockManager:
         if num_fresh + len(copy_on_write) + num_hits_in_free_queue > len(self._free):
             return None
 
+        changed_from = num_held
         if table is None:
             table = self._tables[request_id] = []
             self._num_registered[request_id] = len(computed_blocks)
@@ -225,6 +241,8 @@ class BlockManager:
                 del self._free[block_id]
             ref_counts[block_id] += 1
             table.append(block_id)
+        if copy_on_write:
+            changed_from = copy_on_write[0]
         for i in copy_on_write:
             src, dst = table[i], self._pop_free()
             ref_counts[src] -= 1  # still >= 1: it was shared
@@ -237,17 +255,25 @@ class BlockManager:
             table.append(block_id)
         if end > self._num_slotted_tokens.get(request_id, 0):
             self._num_slotted_tokens[request_id] = end
+        if changed_from < len(table):
+            previous = self._changed_from.get(request_id)
+            self._changed_from[request_id] = changed_from if previous is None else min(previous, changed_from)
         return table
 
+    def pop_table_change(self, request_id: str) -> int | None:
+        """The first index of `request_id`'s block table that changed (blocks appended or
+        replaced by copy-on-write) since the last call, or None if none did; resets it."""
+        return self._changed_from.pop(request_id, None)
+
     def cache_full_blocks(self, request: Request) -> None:
-        """Register in the prefix cache the blocks of `request` that are now full and
-        computed (the first `num_computed_tokens // block_size`). Call after the
-        step's KV is written. A block whose hash is already cached elsewhere stays
-        unregistered (one block per hash)."""
+        """Register in the prefix cache the blocks of `request` that are now full, computed
+        (scheduled: a later step reading them runs after the step writing them) and whose
+        tokens are all known: the first `min(num_computed_tokens, num_tokens) // block_size`.
+        A block whose hash is already cached elsewhere stays unregistered (one block per hash)."""
         if not self.enable_prefix_caching:
             return
         request_id = request.request_id
-        num_full = request.num_computed_tokens // self.block_size
+        num_full = min(request.num_computed_tokens, len(request.all_token_ids)) // self.block_size
         done = self._num_registered.get(request_id)
         if done is None or num_full <= done:
             return
@@ -257,27 +283,34 @@ class BlockManager:
         hashes = request.block_hashes
         for i in range(done, num_full):
             block_id = table[i]
+            if block_id == NULL_BLOCK:
+                continue
             if self._block_hash[block_id] is None and hashes[i] not in self._hash_to_block:
                 self._hash_to_block[hashes[i]] = block_id
                 self._block_hash[block_id] = hashes[i]
         self._num_registered[request_id] = num_full
 
-    def fork(self, parent: Request, child: Request) -> None:
-        """`child` shares all of `parent`'s blocks (ref counts + 1). The caller gives
-        the child the parent's `num_computed_tokens`; the child's tokens must equal the
-        parent's up to there (they may differ after, e.g. another sampled token)."""
+    def fork(self, parent: Request, child: Request, num_shared_tokens: int) -> None:
+        """`child` shares the blocks of `parent` that hold its first `num_shared_tokens`
+        positions (ref counts + 1); the caller gives the child that many computed tokens,
+        which must equal the parent's (they differ after, e.g. another sampled token)."""
         if child.request_id in self._tables:
             raise ValueError(f"{child.request_id} already holds blocks")
         table = self._tables.get(parent.request_id)
         if table is None:
             return
-        for block_id in table:
-            self._ref_counts[block_id] += 1
-        self._tables[child.request_id] = list(table)
-        self._num_registered[child.request_id] = self._num_registered[parent.request_id]
-        self._num_slotted_tokens[child.request_id] = self._num_slotted_tokens[parent.request_id]
+        shared = table[: cdiv(num_shared_tokens, self.block_size)]
+        for block_id in shared:
+            if block_id != NULL_BLOCK:
+                self._ref_counts[block_id] += 1
+        self._tables[child.request_id] = list(shared)
+        dropped = sum(1 for b in shared if b == NULL_BLOCK)
+        if dropped:
+            self._num_dropped[child.request_id] = dropped
+        num_shared_full = num_shared_tokens // self.block_size
+        self._num_registered[child.request_id] = min(self._num_registered[parent.request_id], num_shared_full)
+        self._num_slotted_tokens[child.request_id] = num_shared_tokens
         # Hashes of the blocks fully inside the shared, computed prefix carry over.
-        num_shared_full = parent.num_computed_tokens // self.block_size
         if len(child.block_hashes) < num_shared_full:
             child.block_hashes = parent.block_hashes[:num_shared_full]
 
@@ -285,15 +318,37 @@ class BlockManager:
         """Drop the sequence's table: each block loses one ref; blocks reaching 0 go
         to the free queue's tail, last block first. Unknown ids are a no-op."""
         table = self._tables.pop(request_id, None)
+        self._changed_from.pop(request_id, None)
+        self._num_dropped.pop(request_id, None)
         self._num_registered.pop(request_id, None)
         self._num_slotted_tokens.pop(request_id, None)
         if table is None:
             return
         ref_counts, free = self._ref_counts, self._free
         for block_id in reversed(table):
+            if block_id == NULL_BLOCK:
+                continue
             ref_counts[block_id] -= 1
             if ref_counts[block_id] == 0:
                 free[block_id] = None
+
+    def drop_blocks_before(self, request_id: str, num_blocks: int) -> None:
+        """Gives back the sequence's first `num_blocks` blocks (sliding window: no position still
+        to compute attends to them): entries become NULL_BLOCK, blocks whose reference count
+        reaches 0 go to the free queue's tail (they keep their prefix-cache hash)."""
+        table = self._tables.get(request_id)
+        if table is None:
+            return
+        ref_counts, free = self._ref_counts, self._free
+        for i in range(self._num_dropped.get(request_id, 0), min(num_blocks, len(table))):
+            block_id = table[i]
+            if block_id != NULL_BLOCK:
+                ref_counts[block_id] -= 1
+                if ref_counts[block_id] == 0:
+                    free[block_id] = None
+                table[i] = NULL_BLOCK
+        if num_blocks > self._num_dropped.get(request_id, 0):
+            self._num_dropped[request_id] = min(num_blocks, len(table))
 
     def take_copies(self) -> list[tuple[int, int]]:
         """The copy-on-write (src, dst) block pairs queued since the last call, in
@@ -307,8 +362,11 @@ class BlockManager:
         and debugging, never in the step loop."""
         holders = [0] * self.num_blocks
         for request_id, table in self._tables.items():
-            assert len(set(table)) == len(table), f"{request_id} holds a block twice: {table}"
-            for block_id in table:
+            held = [b for b in table if b != NULL_BLOCK]
+            assert len(set(held)) == len(held), f"{request_id} holds a block twice: {table}"
+            assert table[: len(table) - len(held)] == [NULL_BLOCK] * (len(table) - len(held)), \
+                f"{request_id}: dropped blocks must lead its table: {table}"
+            for block_id in held:
                 holders[block_id] += 1
         assert len(self._free) == len(set(self._free)), "free queue has duplicates"
         for block_id in range(self.num_blocks):

@@ -2,7 +2,13 @@
 
 A `Request` is plain mutable state owned by the `Scheduler` once added: only the
 scheduler (and, for `block_hashes`, the `BlockManager`) writes to it. Everyone else
-reads it.
+reads it. It is the one owner of a sequence's token ids and finish state.
+
+Tokens in flight: with asynchronous scheduling the next step is scheduled before the
+previous one's sampled token is known. A scheduled step that samples adds an output
+*placeholder* (`num_output_placeholders`); `Scheduler.update` turns it into a real token.
+The KV of a placeholder position is computed by a later step whose input token the runner
+takes from the device-side result of the step that sampled it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ class RequestStatus(enum.Enum):
     WAITING = "waiting"  # queued, never scheduled
     RUNNING = "running"  # admitted: holds blocks, scheduled every step it fits in
     PREEMPTED = "preempted"  # was running; blocks freed; queued again to recompute
-    FINISHED_STOPPED = "finished_stopped"  # sampled eos or a stop token
+    FINISHED_STOPPED = "finished_stopped"  # sampled eos or a stop token, or its text hit a stop string
     FINISHED_LENGTH = "finished_length"  # hit max_tokens or max_model_len
     FINISHED_ABORTED = "finished_aborted"  # aborted by the engine / client
 
@@ -100,6 +106,12 @@ class Request:
         "num_preemptions",
         "block_hashes",
         "skip_prefix_cache",
+        "num_output_placeholders",
+        "sampling_params",
+        "fork_children",
+        "new_to_runner",
+        "num_failed_steps",
+        "needs_host_feedback",
     )
 
     def __init__(
@@ -109,9 +121,16 @@ class Request:
         stop: StopCriteria,
         *,
         output_token_ids: Iterable[int] = (),
+        sampling_params: object = None,
+        fork_children: Iterable["Request"] = (),
     ) -> None:
         """`output_token_ids` is only for forks (`Scheduler.fork_request`): a child that
-        continues a parent's generation starts with the parent's outputs."""
+        continues a parent's generation starts with the parent's outputs.
+
+        `sampling_params` is carried to the runner untouched (the scheduler never reads it).
+        `fork_children`: requests (same prompt, no outputs) that fork from this one when it
+        samples its first token, each with its own first token sampled from the same logits
+        (parallel sampling, n > 1): they share its KV blocks (copy-on-write)."""
         if not isinstance(request_id, str) or not request_id:
             raise ValueError(f"request_id must be a non-empty str, got {request_id!r}")
         if not isinstance(stop, StopCriteria):
@@ -128,8 +147,8 @@ class Request:
         self.num_computed_tokens = 0
         # Prefix-cache hit (tokens) when it was first scheduled.
         self.num_cached_tokens = 0
-        # The stop token id that finished it (None for eos, length, abort).
-        self.stop_reason: int | None = None
+        # The stop token id or stop string that finished it (None for eos, length, abort).
+        self.stop_reason: int | str | None = None
         # FCFS order, set by Scheduler.add_request / fork_request (-1: not added).
         self.arrival_index = -1
         self.num_preemptions = 0
@@ -139,10 +158,27 @@ class Request:
         self.block_hashes: list[bytes] = []
         # Compute every token even if the prefix cache holds it (e.g. for prompt logprobs).
         self.skip_prefix_cache = False
+        # Sampled tokens of scheduled steps whose value is not known yet (async scheduling).
+        self.num_output_placeholders = 0
+        self.sampling_params = sampling_params
+        self.fork_children: list[Request] = list(fork_children)
+        # The runner has no state for it (admitted, readmitted after preemption, or forked):
+        # the next SchedulerOutput that schedules it carries all its tokens.
+        self.new_to_runner = True
+        # Engine steps that failed while this request was in them (see Scheduler.recover).
+        self.num_failed_steps = 0
+        # Its next step's inputs depend on host work over its last token (a grammar's bitmask):
+        # never scheduled while a sample of it is in flight (the engine drains the step first).
+        self.needs_host_feedback = False
 
     @property
     def num_tokens(self) -> int:
         return len(self.all_token_ids)
+
+    @property
+    def num_tokens_with_placeholders(self) -> int:
+        """Known tokens plus the sampled tokens still in flight."""
+        return len(self.all_token_ids) + self.num_output_placeholders
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -161,6 +197,16 @@ class Request:
         """Append one generated token (the scheduler's `update` calls this)."""
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    def will_finish_by_length(self, max_model_len: int) -> bool:
+        """True when the tokens in flight already reach `max_tokens` or `max_model_len`: the
+        request finishes once they are known, so it needs no further step."""
+        return (len(self.output_token_ids) + self.num_output_placeholders >= self.stop.max_tokens
+                or len(self.all_token_ids) + self.num_output_placeholders >= max_model_len)
 
     def __repr__(self) -> str:
         return (

@@ -25,24 +25,21 @@ def _add_model_and_engine(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the requests and of a preset's weights")
     p.add_argument("--weights-dir", default=None,
                    help="write a preset's checkpoint here and reuse it in later runs (default: a temporary directory)")
-    g = p.add_argument_group("engine options (as LLM's)")
-    g.add_argument("--max-model-len", type=int, default=None,
-                   help="context length (default: min(model maximum, 2048, or the fixed lengths' total))")
-    g.add_argument("--num-kv-blocks", type=int, default=None)
-    g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    g.add_argument("--max-num-seqs", type=int, default=256)
-    g.add_argument("--max-num-batched-tokens", type=int, default=None)
-    g.add_argument("--block-size", type=int, default=16)
-    g.add_argument("--attention-backend", default="auto",
-                   choices=("auto", "pallas", "reference", "pallas_interpret"))
-    g.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
+    from pagedjax.engine_args import add_engine_arguments
+
+    add_engine_arguments(p, exclude=_OWN_OPTIONS, title="engine options (as LLM's)")
+
+
+# Engine options the benchmarks set themselves (--dtype and --seed above; the tokenizer from the source).
+_OWN_OPTIONS = ("dtype", "seed", "skip_tokenizer_init", "tokenizer")
 
 
 def _engine_options(args) -> dict:
-    return dict(max_model_len=args.max_model_len, num_kv_blocks=args.num_kv_blocks,
-                gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
-                max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
-                attention_backend=args.attention_backend, enable_prefix_caching=not args.no_prefix_caching)
+    """The `LLM` keyword arguments of the generated engine options."""
+    from pagedjax.config import EngineConfig
+
+    return {name: getattr(args, name) for name in EngineConfig.field_names()
+            if name not in _OWN_OPTIONS and name != "model" and hasattr(args, name)}
 
 
 def _add_output(p) -> None:

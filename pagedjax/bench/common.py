@@ -15,11 +15,6 @@ from typing import Sequence
 
 import numpy as np
 
-# Engine options the benchmarks pass through to `LLM` (CLI flag names map onto these).
-ENGINE_OPTION_NAMES = ("dtype", "max_model_len", "num_kv_blocks", "gpu_memory_utilization", "max_num_seqs",
-                       "max_num_batched_tokens", "block_size", "attention_backend", "enable_prefix_caching", "seed")
-
-
 def summary(values: Sequence[float]) -> dict:
     """mean, median, p90, p99, min, max of `values` (all None when empty)."""
     if len(values) == 0:

@@ -47,12 +47,12 @@ def warm_up(llm, workload: Workload, *, seed: int = 0, max_new_tokens: int = 8) 
     the timed loop, and `run_engine` subtracts that time."""
     engine = llm.engine
     runner = engine.runner
-    compiles0, compile0 = runner.num_compiles, runner.compile_seconds
+    compiles0, compile0 = runner.steps.num_compiles, runner.steps.compile_seconds
     start = time.perf_counter()
     run_engine(llm, warmup_workload(workload, engine.config.max_num_seqs, engine.model_config.vocab_size, seed=seed,
                                     max_new_tokens=max_new_tokens), tag="warmup", probe_kv=False)
-    return dict(seconds=time.perf_counter() - start, num_compiled=runner.num_compiles - compiles0,
-                compile_seconds=runner.compile_seconds - compile0)
+    return dict(seconds=time.perf_counter() - start, num_compiled=runner.steps.num_compiles - compiles0,
+                compile_seconds=runner.steps.compile_seconds - compile0)
 
 
 def warmup_workload(workload: Workload, max_num_seqs: int, vocab_size: int, *, seed: int = 0,
@@ -155,7 +155,7 @@ def run_engine(llm, workload: Workload, *, tag: str = "bench", probe_kv: bool = 
     engine = llm.engine
     runner, sched = engine.runner, engine.scheduler
     stats0 = engine.stats()
-    compile0, steps0, host0 = runner.compile_seconds, engine.num_steps, engine.host_seconds
+    compile0, steps0, host0 = runner.steps.compile_seconds, engine.num_steps, engine.host_seconds
     samples: list[tuple[int, int, int]] = []
     kinds: list[tuple[bool, int]] = []  # per step: (decode only, tokens)
     probe_seconds = 0.0
@@ -163,7 +163,7 @@ def run_engine(llm, workload: Workload, *, tag: str = "bench", probe_kv: bool = 
     def probe(so) -> None:
         nonlocal probe_seconds
         t = time.perf_counter()
-        kinds.append((all(len(s.token_ids) == 1 for s in so.scheduled), so.num_batched_tokens))
+        kinds.append((all(s.num_tokens == 1 for s in so.scheduled), so.num_batched_tokens))
         if probe_kv:
             allocated, filled = sched.kv_slot_usage()
             samples.append((allocated, filled, sched.num_running))
@@ -178,15 +178,15 @@ def run_engine(llm, workload: Workload, *, tag: str = "bench", probe_kv: bool = 
             engine.add_request(rid, None, params, prompt_token_ids=list(prompt))
         steps = StepTimes()
         while engine.has_unfinished_requests():
-            n, c0, p0, t0 = len(kinds), runner.compile_seconds, probe_seconds, time.perf_counter()
+            n, c0, p0, t0 = len(kinds), runner.steps.compile_seconds, probe_seconds, time.perf_counter()
             for out in engine.step():
                 if out.finished:
                     outputs[out.request_id] = list(out.outputs[0].token_ids)
             if len(kinds) > n:
-                dt = time.perf_counter() - t0 - (runner.compile_seconds - c0) - (probe_seconds - p0)
+                dt = time.perf_counter() - t0 - (runner.steps.compile_seconds - c0) - (probe_seconds - p0)
                 steps.add(*kinds[-1], dt)
         wall = time.perf_counter() - start
-    compile_in_run = runner.compile_seconds - compile0
+    compile_in_run = runner.steps.compile_seconds - compile0
     elapsed = wall - probe_seconds - compile_in_run
     token_ids = [outputs[rid] for rid in ids]
     produced = sum(map(len, token_ids))

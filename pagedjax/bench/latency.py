@@ -60,12 +60,12 @@ def run_iteration(llm, batch: int, input_len: int, output_len: int, rng: np.rand
 
     def on_step(so) -> None:
         records.append(dict(
-            decode=all(len(s.token_ids) == 1 for s in so.scheduled) and all(
+            decode=all(s.num_tokens == 1 for s in so.scheduled) and all(
                 s.start_position >= input_len for s in so.scheduled),
-            num_seqs=len(so.scheduled), kv_tokens=sum(s.start_position + len(s.token_ids) for s in so.scheduled),
-            first_tokens=sum(1 for s in so.scheduled if s.sample and s.start_position + len(s.token_ids) == input_len)))
+            num_seqs=len(so.scheduled), kv_tokens=sum(s.start_position + s.num_tokens for s in so.scheduled),
+            first_tokens=sum(1 for s in so.scheduled if s.sample and s.start_position + s.num_tokens == input_len)))
 
-    compile0 = runner.compile_seconds
+    compile0 = runner.steps.compile_seconds
     first_token_times = []
     start = time.perf_counter()
     for i in range(batch):
@@ -84,7 +84,7 @@ def run_iteration(llm, batch: int, input_len: int, output_len: int, rng: np.rand
     if len(first_token_times) != batch:
         raise RuntimeError(f"{len(first_token_times)} first tokens seen for a batch of {batch} (preemption?)")
     return dict(seconds=total, ttft_s=max(first_token_times), ttft_mean_s=float(np.mean(first_token_times)),
-                records=records, compile_s=runner.compile_seconds - compile0)
+                records=records, compile_s=runner.steps.compile_seconds - compile0)
 
 
 def run_latency(cfg: LatencyConfig) -> dict:

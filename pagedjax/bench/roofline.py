@@ -99,21 +99,21 @@ def decode_roofline(llm, batch: int, context: int, *, bytes_per_s: float, steps:
     records: list[dict] = []
 
     def on_step(so) -> None:
-        records.append(dict(num_seqs=len(so.scheduled), decode=all(len(s.token_ids) == 1 for s in so.scheduled),
-                            kv_tokens=sum(s.start_position + len(s.token_ids) for s in so.scheduled)))
+        records.append(dict(num_seqs=len(so.scheduled), decode=all(s.num_tokens == 1 for s in so.scheduled),
+                            kv_tokens=sum(s.start_position + s.num_tokens for s in so.scheduled)))
 
     for i in range(batch):
         ids = rng.integers(0, cfg.vocab_size, size=context).tolist()
         engine.add_request(f"roofline-{batch}x{context}-{i}", None, params, prompt_token_ids=ids)
     with observe_steps(engine, on_step):
         while engine.has_unfinished_requests():
-            n, h0, c0 = len(records), engine.host_seconds, runner.compile_seconds
+            n, h0, c0 = len(records), engine.host_seconds, runner.steps.compile_seconds
             t0 = time.perf_counter()
             engine.step()
             dt = time.perf_counter() - t0
             if len(records) > n:
                 records[-1].update(seconds=dt, host_seconds=engine.host_seconds - h0,
-                                   compiled=runner.compile_seconds > c0)
+                                   compiled=runner.steps.compile_seconds > c0)
     full = [r for r in records if r["decode"] and r["num_seqs"] == batch]
     timed = [r for r in full[warmup_steps:] if not r["compiled"]][:steps]
     if not timed:

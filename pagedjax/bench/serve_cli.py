@@ -21,7 +21,7 @@ from pagedjax.bench.serve import format_table, run_benchmark
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """`bench serve`'s options (engine options apply when it starts the server itself)."""
-    from pagedjax.server.cli import DEFAULT_MAX_NUM_BATCHED_TOKENS, add_engine_arguments
+    from pagedjax.server.cli import add_server_engine_arguments
 
     target = p.add_mutually_exclusive_group()
     target.add_argument("--base-url", default=None,
@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer giving the vocabulary size (default: the model's root)")
     p.add_argument("--timeout", type=float, default=None, help="seconds a request may take (default: no limit)")
     p.add_argument("--output-json", default=None, help="write the results here")
-    add_engine_arguments(p, max_num_batched_tokens=DEFAULT_MAX_NUM_BATCHED_TOKENS, seed=False)
+    add_server_engine_arguments(p, exclude=("seed", "tokenizer"))
 
 
 def register(sub) -> None:

@@ -19,7 +19,7 @@ import time
 
 from pagedjax.bench.common import rates
 from pagedjax.bench.datasets import Workload
-from pagedjax.runner import pow2_at_least
+from pagedjax.step_shapes import pow2_at_least
 
 
 def static_batches(workload: Workload, batch_size: int) -> list[dict]:

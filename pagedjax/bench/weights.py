@@ -2,7 +2,7 @@
 
 A checkpoint directory (or hub id) is used as it is. A preset (`models/presets.py`) is written
 once as a Hugging Face checkpoint — `config.json` from the transformers config class of its
-architecture and safetensors shards of N(0, 0.02) weights (ones for norms), drawn with numpy
+architecture and safetensors shards of N(0, 0.02) weights (norms at identity), drawn with numpy
 from the seed, tensor by tensor, on host threads — so our engine (`load_params`), the jax-static
 baseline and transformers' `from_pretrained` read identical bytes, and no process holds two
 copies of an 8B model on the GPU. The same (preset, dtype, seed) always gives the same bytes,
@@ -26,7 +26,7 @@ from models.presets import PRESETS
 
 WEIGHTS_STD = 0.02  # as the presets' on-device weights and HF's initializer_range
 MARKER = "pagedjax_bench_weights.json"  # written last: its presence means the directory is complete
-_FORMAT = 1
+_FORMAT = 2  # 2: written through the weight map (fused layouts, identity norms)
 _NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 _SHARD_BYTES = 4 << 30
 
@@ -48,7 +48,7 @@ class ModelSource:
                     architecture=cfg.architecture, num_params=cfg.num_params(), num_layers=cfg.num_layers,
                     hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
                     head_dim=cfg.head_dim, vocab_size=cfg.vocab_size,
-                    weights=(dict(distribution="normal", std=WEIGHTS_STD, norms="ones")
+                    weights=(dict(distribution="normal", std=WEIGHTS_STD, norms="identity")
                              if self.kind == "preset" else "checkpoint"))
 
 
@@ -113,25 +113,20 @@ def write_preset_checkpoint(preset: str, out_dir: str, dtype_name: str, *, seed:
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         shutil.rmtree(out_dir)  # an interrupted earlier write (no marker)
     os.makedirs(out_dir, exist_ok=True)
-    from flax import nnx
-
-    from models.loader import abstract_model, hf_name
+    from models.loader import hf_tensor_specs
     from models.safetensors_io import save_file
 
     cfg = ModelConfig.from_hf_dict(PRESETS[preset])
     _hf_config(preset, dtype_name).save_pretrained(out_dir)
-    _, state = abstract_model(cfg, np.float32)
-    specs = []  # (index, HF name, HF shape, is_norm)
-    for i, (path, var) in enumerate(nnx.to_flat_state(state)):
-        name, transposed = hf_name(path)
-        shape = tuple(var.get_value().shape)
-        specs.append((i, name, shape[::-1] if transposed else shape, "norm" in str(path[-2])))
+    # (index, HF name, HF shape, init constant or None): the family's weight map decides names,
+    # fused layouts and the identity of its norms (ones, or zeros for Gemma's (1 + w) norms)
+    specs = [(i, name, shape, constant) for i, (name, shape, constant) in enumerate(hf_tensor_specs(cfg))]
     np_dtype = _NP_DTYPES[dtype_name]
 
     def make(spec):
-        i, name, shape, is_norm = spec
-        if is_norm:
-            return name, np.ones(shape, np_dtype)
+        i, name, shape, constant = spec
+        if constant is not None:
+            return name, np.full(shape, constant, np_dtype)
         values = np.random.default_rng([seed, i]).standard_normal(shape, dtype=np.float32)
         values *= WEIGHTS_STD
         return name, values.astype(np_dtype)

@@ -1,9 +1,11 @@
 """The FastAPI application: OpenAI's endpoints over an `AsyncEngine`, errors in OpenAI's shape.
 
-Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models[/{id}]` (API key
-checked when configured), and, always open, `GET /health`, `GET /metrics` (Prometheus),
-`GET /version` and `GET /debug/stats` (the engine's counters, read on the engine thread: KV
-blocks free and in use, preemptions, prefix-cache hits, compiles; for tests and operators).
+Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models[/{id}]`, `GET /metrics`
+(Prometheus), `GET /version`, `GET /debug/stats` (the engine's counters, read on the engine thread:
+KV blocks free and in use, preemptions, prefix-cache hits, compiles; for tests and operators), all
+behind the API key when one is configured, and the always open `GET /health` (503 while the engine
+thread is dead or stalled). Every request first passes the `RequestGuard` (API key before the body
+is read, body size limit, unencodable text).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import copy
 
 import jax
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,15 +27,13 @@ from pagedjax.server.errors import APIError, server_error
 from pagedjax.server.generation import ClientDisconnected
 from pagedjax.server.metrics import ServerMetrics
 from pagedjax.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from pagedjax.server.guard import RequestGuard
+from pagedjax.server.limits import ServerLimits
 from pagedjax.server.state import ServerState
 
 
 def _state(request: Request) -> ServerState:
     return request.app.state.server
-
-
-def _require_api_key(request: Request) -> None:
-    _state(request).check_api_key(request.headers.get("authorization"))
 
 
 def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -51,7 +51,7 @@ def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
 
 
 def _v1_routes() -> APIRouter:
-    router = APIRouter(prefix="/v1", dependencies=[Depends(_require_api_key)])
+    router = APIRouter(prefix="/v1")
 
     @router.get("/models")
     async def list_models(request: Request) -> Response:
@@ -83,8 +83,12 @@ def _open_routes() -> APIRouter:
 
     @router.get("/health")
     async def health(request: Request) -> Response:
-        """200 while the engine thread runs, 503 otherwise."""
-        return Response(status_code=200 if _state(request).engine.is_running else 503)
+        """200 while the engine thread runs and makes progress; 503 when it died, or when it has
+        had work but no step finished for `health_stall_seconds`."""
+        state = _state(request)
+        engine = state.engine
+        healthy = engine.is_running and engine.stalled_seconds() < state.limits.health_stall_seconds
+        return Response(status_code=200 if healthy else 503)
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:
@@ -107,16 +111,17 @@ def _open_routes() -> APIRouter:
 
 
 def build_app(engine: AsyncEngine, *, model_names: list[str], model_root: str, api_key: str | None = None,
-              metrics: ServerMetrics | None = None, on_ready=None) -> FastAPI:
+              metrics: ServerMetrics | None = None, on_ready=None, limits: ServerLimits | None = None) -> FastAPI:
     """The application around `engine`: its thread starts and stops with the app's lifespan.
 
     Args:
         engine: the `AsyncEngine` (built with the same `metrics`).
         model_names: names requests may use in `model` (the first is the default).
         model_root: the model's directory or hub id.
-        api_key: when set, /v1/* requires `Authorization: Bearer <api_key>`.
+        api_key: when set, every route but /health requires `Authorization: Bearer <api_key>`.
         metrics: the Prometheus metrics (default: new ones, without engine-side counts).
         on_ready: called with no arguments once the engine thread runs (e.g. to print an address).
+        limits: bounds of one request (`ServerLimits`; default ones when None).
     """
     metrics = metrics or ServerMetrics(model_names[0])
     metrics.attach_engine_state(lambda: engine.stats_snapshot)
@@ -131,10 +136,13 @@ def build_app(engine: AsyncEngine, *, model_names: list[str], model_root: str, a
             yield
         finally:
             engine.shutdown()
+            state.close()
 
     app = FastAPI(title="pagedjax", description="OpenAI-compatible server of the pagedjax engine",
                   lifespan=lifespan)
-    app.state.server = ServerState(engine, tokenizer, model_names, model_root, api_key, metrics)
+    state = ServerState(engine, tokenizer, model_names, model_root, api_key, metrics, limits)
+    app.state.server = state
+    app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=state.limits.max_request_body_bytes)
     app.add_exception_handler(APIError, lambda _, error: error.response())
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

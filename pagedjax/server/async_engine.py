@@ -7,9 +7,10 @@ call per step, into the asyncio queue ("sink") each request was added with. Item
 are `(request_id, RequestOutput)` (cumulative text and tokens, as the engine streams them) or
 `(request_id, EngineRequestError)`.
 
-A request whose `add_request` raises fails alone (ValueError: the caller's input). If
-`engine.step()` raises, the step cannot be pinned on one request: every request in flight is
-aborted (freeing its KV blocks) and failed with `EngineRequestError`, and the loop goes on.
+A request whose `add_request` raises fails alone (ValueError: the caller's input). If a
+step fails, the engine recomputes its requests (each alone first); only a request that fails
+alone is aborted (`EngineStepError`) and failed with `EngineRequestError`. Any other error of
+`engine.step()` fails every request in flight, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class AsyncEngine:
         self._tracked: dict[str, _Tracked] = {}  # engine thread only
         self._thread: threading.Thread | None = None
         self.max_model_len: int = engine.max_model_len
+        self.vocab_size: int = engine.model_config.vocab_size
+        # Heartbeat: when the engine thread last finished a step or went idle (monotonic seconds).
+        self._last_progress = time.monotonic()
+        self._busy = False  # True while the engine thread has requests to step
         self.tokenizer = engine.tokenizer  # NOTE: the engine thread's; other threads use a copy
         self.stats_snapshot: dict = dict(engine.stats())  # replaced (never mutated) by the engine thread
         self.fatal_error: BaseException | None = None
@@ -109,7 +114,7 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._run, name="pagedjax-engine", daemon=True)
         self._thread.start()
 
-    def shutdown(self, timeout: float = 30.0) -> None:
+    def shutdown(self, timeout: float = 5.0) -> None:
         """Fails the requests still in flight, stops the engine thread and waits for it."""
         if self._thread is None:
             return
@@ -117,6 +122,10 @@ class AsyncEngine:
         self._thread.join(timeout)
         if self._thread.is_alive():
             logger.warning("the engine thread did not stop within %.0f s", timeout)
+
+    def stalled_seconds(self) -> float:
+        """Seconds the engine thread has had work without finishing a step (0 while idle)."""
+        return time.monotonic() - self._last_progress if self._busy else 0.0
 
     @property
     def is_running(self) -> bool:
@@ -164,15 +173,20 @@ class AsyncEngine:
         try:
             while True:
                 # Sleep on the queue when idle; otherwise take what is there and step.
+                if not engine.has_unfinished_requests():
+                    self._busy = False
                 command = self._commands.get() if not engine.has_unfinished_requests() else self._next_command()
+                self._last_progress = time.monotonic()  # (woken up: an idle wait is no stall)
                 while command is not None:
                     if command is _STOP:
                         self._fail_all("the server is shutting down")
                         return
                     self._handle(command)
                     command = self._next_command()
-                if engine.has_unfinished_requests():
+                self._busy = engine.has_unfinished_requests()
+                if self._busy:
                     self._step()
+                self._last_progress = time.monotonic()
                 self._publish_stats()
         except BaseException as error:  # a bug in this loop itself: fail everyone, report unhealthy
             logger.exception("the engine thread died")
@@ -214,8 +228,14 @@ class AsyncEngine:
                     self._metrics.request_finished("abort")
 
     def _step(self) -> None:
+        from pagedjax.engine import EngineStepError
+
         try:
             outputs = self._engine.step()
+        except EngineStepError as error:  # a request failed a step alone: it alone fails
+            logger.error("%s", error)
+            self._fail(error.aborted_request_ids, f"the engine failed while serving this request: {error}")
+            return
         except Exception as error:
             logger.exception("engine step failed; failing the %d requests in flight", len(self._tracked))
             self._recover_from_failed_step()
@@ -246,7 +266,11 @@ class AsyncEngine:
                 logger.exception("abort_request(%s) failed during recovery", request_id)
 
     def _fail_all(self, message: str) -> None:
-        tracked, self._tracked = self._tracked, {}
+        self._fail(list(self._tracked), message)
+
+    def _fail(self, request_ids: list[str], message: str) -> None:
+        """Aborts these requests and delivers `EngineRequestError(message)` to their sinks."""
+        tracked = {rid: self._tracked.pop(rid) for rid in request_ids if rid in self._tracked}
         deliveries: dict[asyncio.AbstractEventLoop, list] = {}
         for request_id, t in tracked.items():
             try:

@@ -16,7 +16,7 @@ from pagedjax.server.logprobs import chat_logprobs
 from pagedjax.server.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk,
                                       ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ChatMessage,
                                       DeltaMessage)
-from pagedjax.server.sampling import check_unsupported, resolve_max_tokens, sampling_params, stop_strings
+from pagedjax.server.sampling import check_limits, check_unsupported, resolve_max_tokens, sampling_params, stop_strings
 from pagedjax.server.state import ServerState
 from pagedjax.server.streaming import DONE, StreamCursor, sse
 
@@ -67,7 +67,8 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
     """Validates, applies the chat template, queues the prompt and answers with JSON or SSE."""
     model = state.check_model(body.model)
     _check_chat_fields(body)
-    prompt_ids = chat_prompt_ids(state.tokenizer, body)
+    check_limits(body, state.limits)
+    prompt_ids = await state.offload(chat_prompt_ids, state.tokenizer, body)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = resolve_max_tokens(requested, len(prompt_ids), state.max_model_len, param="messages")
     params = sampling_params(body, max_tokens=max_tokens,

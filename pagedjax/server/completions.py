@@ -13,8 +13,8 @@ from pagedjax.server.errors import bad_request, server_error
 from pagedjax.server.generation import ClientDisconnected, Generation
 from pagedjax.server.logprobs import completion_logprobs
 from pagedjax.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
-from pagedjax.server.sampling import (check_unsupported, completion_prompts, resolve_max_tokens, sampling_params,
-                                      stop_strings)
+from pagedjax.server.sampling import (check_limits, check_unsupported, prompt_items, resolve_max_tokens,
+                                      sampling_params, stop_strings, tokenize_prompts)
 from pagedjax.server.state import ServerState
 from pagedjax.server.streaming import DONE, StreamCursor, sse
 
@@ -23,14 +23,17 @@ async def create_completion(state: ServerState, body: CompletionRequest, http_re
     """Validates, queues the prompts and answers with a JSON response or an SSE stream."""
     model = state.check_model(body.model)
     check_unsupported(body)
+    check_limits(body, state.limits)
     if body.suffix:
         raise bad_request("suffix is not supported", param="suffix")
-    prompts = completion_prompts(body.prompt, state.tokenizer)
+    items = prompt_items(body.prompt, state.limits)
+    prompts = await state.offload(tokenize_prompts, items, state.tokenizer, state.vocab_size)
     prompt_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
     requests = [(ids, sampling_params(body, logprobs=body.logprobs, prompt_logprobs=prompt_logprobs,
                                       max_tokens=resolve_max_tokens(body.max_tokens, len(ids), state.max_model_len)))
                 for _, ids in prompts]
-    echoes = [(text if text is not None else state.decode(ids)) if body.echo else "" for text, ids in prompts]
+    echoes = [(text if text is not None else await state.offload(state.decode, ids)) if body.echo else ""
+              for text, ids in prompts]
     response_id = f"cmpl-{uuid.uuid4().hex}"
     view = _CompletionView(state, body, model, response_id, [ids for _, ids in prompts], echoes)
     generation = Generation(state.engine, response_id, http_request)

@@ -59,9 +59,9 @@ def sampling_params(request: SamplingFields, *, max_tokens: int, logprobs: int |
         raise from_value_error(error) from None
 
 
-def completion_prompts(prompt, tokenizer) -> list[tuple[str | None, list[int]]]:
-    """A completions `prompt` (text, texts, token ids, lists of token ids) as (text, token ids)
-    pairs; text is tokenized as the engine would (special tokens added)."""
+def prompt_items(prompt, limits) -> list:
+    """A completions `prompt` (text, texts, token ids, lists of token ids) as a list of prompts,
+    each a string or a list of token ids; 400 for an empty one or too many."""
     if isinstance(prompt, str):
         items = [prompt]
     elif not prompt:
@@ -70,16 +70,45 @@ def completion_prompts(prompt, tokenizer) -> list[tuple[str | None, list[int]]]:
         items = [list(prompt)]
     else:
         items = list(prompt)
+    if len(items) > limits.max_prompts_per_request:
+        raise bad_request(f"{len(items)} prompts in one request; this server takes at most "
+                          f"{limits.max_prompts_per_request} (--max-prompts-per-request)", param="prompt")
+    if any(not item for item in items):
+        raise bad_request("the prompt is empty", param="prompt")
+    return items
+
+
+def check_token_ids(ids: list[int], vocab_size: int, param: str = "prompt") -> None:
+    """400 unless every id is in the vocabulary (checked before anything decodes them)."""
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise bad_request(f"token id {bad} is outside the vocabulary [0, {vocab_size})", param=param)
+
+
+def tokenize_prompts(items: list, tokenizer, vocab_size: int) -> list[tuple[str | None, list[int]]]:
+    """(text, token ids) per prompt; text is tokenized as the engine would (special tokens added).
+    Runs on the tokenizer threads (ServerState.offload)."""
     out = []
     for item in items:
         if isinstance(item, str):
-            if not item:
-                raise bad_request("the prompt is empty", param="prompt")
             if tokenizer is None:
                 raise bad_request("this model has no tokenizer: send the prompt as token ids", param="prompt")
             out.append((item, list(tokenizer(item).input_ids)))
         else:
+            check_token_ids(item, vocab_size)
             out.append((None, list(item)))
         if not out[-1][1]:
             raise bad_request("the prompt is empty (0 tokens)", param="prompt")
     return out
+
+
+def check_limits(request: SamplingFields, limits) -> None:
+    """400s for stop strings beyond the server's limits."""
+    stops = stop_strings(request.stop)
+    if len(stops) > limits.max_stop_strings:
+        raise bad_request(f"{len(stops)} stop strings; at most {limits.max_stop_strings} (--max-stop-strings)",
+                          param="stop")
+    long = next((s for s in stops if len(s) > limits.max_stop_string_chars), None)
+    if long is not None:
+        raise bad_request(f"a stop string of {len(long)} characters; at most {limits.max_stop_string_chars} "
+                          f"(--max-stop-string-chars)", param="stop")

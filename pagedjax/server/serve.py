@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import jax
 import uvicorn
 from fastapi import FastAPI
 
@@ -19,6 +20,7 @@ from pagedjax.config import EngineConfig
 from pagedjax.server.app import build_app
 from pagedjax.server.async_engine import AsyncEngine
 from pagedjax.server.metrics import ServerMetrics
+from pagedjax.server.limits import ServerLimits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,10 +28,14 @@ class ServerOptions:
     """HTTP-side options of the server.
 
     host/port: where to listen (127.0.0.1 unless told otherwise; port 0 = any free port).
-    api_key: when set, /v1/* requires `Authorization: Bearer <api_key>`.
+    api_key: when set, every route but /health requires `Authorization: Bearer <api_key>`.
     served_model_names: names clients use in `model` (default: the model argument).
     log_level: uvicorn's log level. shutdown_timeout: seconds in-flight requests get to finish
     after SIGINT/SIGTERM before they are cancelled.
+    limits: the bounds of what one request may ask (`ServerLimits`).
+    limit_concurrency: connections (and requests) at once before uvicorn answers 503 (None: no limit).
+    timeout_keep_alive: seconds an idle keep-alive connection stays open.
+    max_header_bytes: the most bytes of a request line and headers (h11's incomplete-event limit).
     """
 
     host: str = "127.0.0.1"
@@ -37,7 +43,15 @@ class ServerOptions:
     api_key: str | None = None
     served_model_names: tuple[str, ...] = ()
     log_level: str = "info"
-    shutdown_timeout: float = 10.0
+    shutdown_timeout: float = 5.0
+    limits: ServerLimits = ServerLimits()
+    limit_concurrency: int | None = 1024
+    timeout_keep_alive: float = 5.0
+    max_header_bytes: int = 64 * 1024
+
+    def uvicorn_settings(self) -> dict:
+        return dict(timeout_graceful_shutdown=self.shutdown_timeout, limit_concurrency=self.limit_concurrency,
+                    timeout_keep_alive=self.timeout_keep_alive, h11_max_incomplete_event_size=self.max_header_bytes)
 
 
 def build_server_app(engine_config: EngineConfig, options: ServerOptions, on_ready=None,
@@ -51,12 +65,17 @@ def build_server_app(engine_config: EngineConfig, options: ServerOptions, on_rea
     engine = LLMEngine(engine_config)
     if precompile:  # NOTE: before the engine thread exists, so this thread may use the engine
         start = time.perf_counter()
-        count = engine.runner.precompile()
-        print(f"pagedjax: compiled {count} step shapes in {time.perf_counter() - start:.1f} s", file=sys.stderr,
-              flush=True)
+
+        def progress(done: int, total: int) -> None:
+            print(f"\rpagedjax: compiling step shapes {done}/{total} ({time.perf_counter() - start:.1f} s)",
+                  end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+        count = engine.runner.steps.precompile(progress=progress)
+        print(f"pagedjax: compiled {count} step shapes in {time.perf_counter() - start:.1f} s "
+              f"(persistent compilation cache: {jax.config.jax_compilation_cache_dir})", file=sys.stderr, flush=True)
     metrics = ServerMetrics(names[0])
-    return build_app(AsyncEngine(engine, metrics), model_names=names, model_root=engine_config.model,
-                     api_key=options.api_key, metrics=metrics, on_ready=on_ready)
+    return build_app(AsyncEngine(engine, metrics), model_names=names, model_root=engine_config.model or names[0],
+                     api_key=options.api_key, metrics=metrics, on_ready=on_ready, limits=options.limits)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -105,7 +124,7 @@ def serve(engine_config: EngineConfig, options: ServerOptions, precompile: bool 
 
     try:
         app = build_server_app(engine_config, options, on_ready=ready, precompile=precompile)
-        config = uvicorn.Config(app, log_level=options.log_level, timeout_graceful_shutdown=options.shutdown_timeout)
+        config = uvicorn.Config(app, log_level=options.log_level, **options.uvicorn_settings())
         _Server(config).run(sockets=[sock])
     finally:
         sock.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
@@ -12,6 +14,7 @@ from pagedjax.sampling_params import SamplingParams
 from pagedjax.server.async_engine import AsyncEngine, EngineRequestError
 from pagedjax.server.errors import APIError, from_value_error, server_error
 from pagedjax.server.generation import Generation
+from pagedjax.server.limits import ServerLimits
 from pagedjax.server.metrics import ServerMetrics
 from pagedjax.server.protocol import UsageInfo
 
@@ -30,21 +33,23 @@ class ServerState:
     """
 
     def __init__(self, engine: AsyncEngine, tokenizer, model_names: list[str], model_root: str,
-                 api_key: str | None, metrics: ServerMetrics):
+                 api_key: str | None, metrics: ServerMetrics, limits: ServerLimits | None = None):
         if not model_names:
             raise ValueError("at least one served model name is required")
         self.engine, self.tokenizer, self.model_names = engine, tokenizer, list(model_names)
         self.model_root, self.api_key, self.metrics = model_root, api_key, metrics
+        self.limits = limits or ServerLimits()
         self.max_model_len = engine.max_model_len
+        self.vocab_size = engine.vocab_size
+        self._executor = ThreadPoolExecutor(self.limits.tokenizer_workers, thread_name_prefix="pagedjax-tokenizer")
 
-    def check_api_key(self, authorization: str | None) -> None:
-        """401 unless `authorization` is `Bearer <the key>` (no key configured: always fine)."""
-        if self.api_key is None:
-            return
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.api_key.encode()):
-            raise APIError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
-                           code="invalid_api_key")
+    async def offload(self, fn, *args, **kwargs):
+        """Runs `fn(*args, **kwargs)` (tokenization, chat templates, decoding) on the tokenizer
+        threads, so the event loop keeps answering (/health, other streams) meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def check_model(self, name: str | None) -> str:
         """The served name a request asked for (default: the first); 404 for any other."""

@@ -51,9 +51,9 @@ def test_misshapen_tensor_is_named(llama_dir, tmp_path):
 def test_unsupported_architecture_lists_supported(llama_dir, tmp_path):
     dst = shutil.copytree(llama_dir, tmp_path / "ck")
     cfg = json.loads((dst / "config.json").read_text())
-    cfg["architectures"] = ["GPT2LMHeadModel"]
+    cfg["architectures"] = ["MysteryForCausalLM"]
     (dst / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="GPT2LMHeadModel.*not supported.*LlamaForCausalLM.*MistralForCausalLM"
+    with pytest.raises(ValueError, match="MysteryForCausalLM.*not supported.*GPT2LMHeadModel.*LlamaForCausalLM.*MistralForCausalLM"
                                          ".*Qwen2ForCausalLM.*Qwen3ForCausalLM"):
         load_model(str(dst))
 
@@ -112,7 +112,9 @@ def test_config_reads_legacy_rope_scaling_keys():
     cfg = ModelConfig.from_hf_dict(legacy)
     assert (cfg.rope.theta, cfg.rope.rope_type, cfg.rope.factor) == (500000.0, "linear", 4.0)
     assert cfg.torch_dtype == "bfloat16" and cfg.head_dim == 4
-    with pytest.raises(ValueError, match="rope_scaling type 'yarn' is not supported"):
-        ModelConfig.from_hf_dict({**legacy, "rope_scaling": {"type": "yarn", "factor": 2.0}})
+    yarn = ModelConfig.from_hf_dict({**legacy, "rope_scaling": {"type": "yarn", "factor": 2.0}})
+    assert yarn.rope.original_max_position_embeddings == yarn.max_position_embeddings == 2048  # HF's defaults
+    with pytest.raises(ValueError, match="rope_scaling type 'mystery' is not supported"):
+        ModelConfig.from_hf_dict({**legacy, "rope_scaling": {"type": "mystery", "factor": 2.0}})
     with pytest.raises(ValueError, match="must be a multiple of num_key_value_heads"):
         ModelConfig.from_hf_dict({**legacy, "num_key_value_heads": 3, "num_attention_heads": 4})

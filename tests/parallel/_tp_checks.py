@@ -25,15 +25,19 @@ from models.config import ModelConfig
 from models.loader import _to_device
 from models.presets import random_params
 from models.sharding import TP_AXIS, make_mesh, param_sharding_fn
-import pagedjax.engine
+import pagedjax.runner
 from pagedjax import LLM
 from pagedjax.convert import convert_checkpoint
 from pagedjax.runner import ModelRunner
 from tests.parallel.tp_workload import run_workload
 
 # (variant, tensor-parallel degree): plain head sharding, KV heads replicated (tp > num_kv_heads),
-# q/k norm (Qwen3), tied embeddings with q/k/v/o biases.
-CASES = [("llama", 2), ("llama", 4), ("llama-8q2kv", 8), ("qwen3", 2), ("llama-tied-headdim32", 4)]
+# q/k norm (Qwen3), tied embeddings with q/k/v/o biases; then other families' layouts: GPT-2
+# (split Conv1D qkv, learned positions, biases), Falcon's grouped qkv with KV heads replicated,
+# GPT-NeoX (per-head fused qkv, partial rotary, parallel block), OLMo 2 (a q/k norm over all
+# heads: sharded activations), OPT-350m (post-norm, replicated project_in/out).
+CASES = [("llama", 2), ("llama", 4), ("llama-8q2kv", 8), ("qwen3", 2), ("llama-tied-headdim32", 4),
+         ("gpt2", 2), ("falcon-new-decoder", 4), ("gpt-neox", 4), ("olmo2", 2), ("opt-350m-post-norm", 2)]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,7 @@ def test_greedy_matches_single_device(variant, tp, checkpoint_factory, single_de
     outputs, llm = run_workload(checkpoint_factory(variant), tp)
     assert outputs == single_device(variant)
     runner = llm.engine.runner
-    assert any(isinstance(k, tuple) and k[0] == "copy" for k in runner._compiled)  # copy-on-write ran sharded
+    assert any(isinstance(k, tuple) and k[0] == "copy" for k in runner.steps._compiled)  # copy-on-write ran sharded
     assert llm.stats()["prefix_cache_hits"] > 0 and llm.stats()["tensor_parallel_size"] == tp
     tp_engines[(variant, tp)] = llm
 
@@ -78,7 +82,8 @@ def _check_sharded(array, spec: P, tp: int):
     assert len({s.device for s in array.addressable_shards}) == tp
 
 
-@pytest.mark.parametrize("variant,tp", [("llama", 2), ("llama-8q2kv", 8), ("llama-tied-headdim32", 4)])
+@pytest.mark.parametrize("variant,tp", [("llama", 2), ("llama-8q2kv", 8), ("llama-tied-headdim32", 4), ("gpt2", 2),
+                                        ("falcon-new-decoder", 4)])
 def test_each_device_holds_its_share_of_the_weights(variant, tp, tp_engines):
     llm = tp_engines[(variant, tp)]
     cfg = llm.engine.model_config
@@ -90,7 +95,9 @@ def test_each_device_holds_its_share_of_the_weights(variant, tp, tp_engines):
                 "embed_tokens.embedding": P(TP_AXIS, None), "lm_head.kernel": column,
                 "q_proj.bias": P(TP_AXIS), "k_proj.bias": P() if replicate_kv else P(TP_AXIS),
                 "v_proj.bias": P() if replicate_kv else P(TP_AXIS),
-                "o_proj.bias": P(), "norm.weight": P(), "layernorm.weight": P()}
+                "o_proj.bias": P(), "norm.weight": P(), "layernorm.weight": P(), "norm.bias": P(),
+                "layernorm.bias": P(), "up_proj.bias": P(TP_AXIS), "down_proj.bias": P(),
+                "embed_positions.embedding": P()}
     per_device = np.zeros(tp)
     total = 0
     for path, var in nnx.to_flat_state(llm.engine.runner.params):
@@ -127,10 +134,10 @@ def test_step_moves_no_weights_between_devices():
     runner = ModelRunner(graphdef, params, cfg, num_blocks=512, block_size=16, max_model_len=64, max_num_seqs=8,
                          max_num_batched_tokens=32, backend="reference", kv_dtype=jnp.float32, mesh=mesh)
     smallest_weight = cfg.hidden_size * cfg.head_dim * cfg.num_kv_heads // 2  # a k_proj shard
-    for shape in (runner.step_shape(32, 2, 4, False),):  # mixed prefill + decode step
-        memory = runner.step_memory(shape)  # the sharded pool is updated in place, not copied
+    for shape in (runner.steps.shape(32, 2, 4, False),):  # mixed prefill + decode step
+        memory = runner.steps.memory(shape)  # the sharded pool is updated in place, not copied
         assert memory["temp_bytes"] < memory["kv_pool_bytes"] // 4, memory
-        text = runner.compiled_step(shape).as_text()
+        text = runner.steps.get(shape).as_text()
         assert len(re.findall(r" all-reduce(-start)?\(", text)) >= 2 * cfg.num_layers  # o_proj, down_proj
         for line in text.splitlines():
             m = re.search(r"= (.*?) (all-gather|all-to-all)(-start)?\(", line)
@@ -203,7 +210,7 @@ def test_kv_pool_is_sized_from_the_tightest_devices_free_memory(checkpoint_facto
     """The GPU sizing path, on CPU devices made to report memory: with tensor parallelism each
     device holds 1/N of every block, and the device with the least free memory decides."""
     limit, in_use = 32 << 20, {0: 1 << 20, 1: 9 << 20}  # device 1 is the tight one
-    monkeypatch.setattr(pagedjax.engine, "device_memory_stats", lambda devices: [
+    monkeypatch.setattr(pagedjax.runner, "device_memory_stats", lambda devices: [
         dict(bytes_limit=limit, bytes_in_use=in_use[d.id]) for d in devices])
     llm = LLM(checkpoint_factory("llama"), tensor_parallel_size=2, gpu_memory_utilization=0.5,
               max_model_len=256, max_num_seqs=256, max_num_batched_tokens=64)

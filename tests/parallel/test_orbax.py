@@ -81,3 +81,17 @@ def test_mismatched_checkpoint_names_the_parameters(converted, checkpoint_factor
     other = ModelConfig.from_pretrained(checkpoint_factory("llama-mha"))  # 4 KV heads instead of 2
     with pytest.raises(CheckpointError, match=r"misshapen parameters: layers\.0\.self_attn\.k_proj\.kernel"):
         load_params(other, converted, jnp.float32)
+
+
+@pytest.mark.parametrize("variant", ["falcon-new-decoder", "phi3-longrope"])
+def test_fused_checkpoints_convert_and_restore_unfused(variant, checkpoint_factory, tmp_path):
+    """Families whose checkpoints fuse q/k/v (and gate/up) restore the split parameters."""
+    model_dir = checkpoint_factory(variant)
+    out = str(tmp_path / variant)
+    convert_checkpoint(model_dir, out)
+    cfg = ModelConfig.from_pretrained(out)
+    restored = _flat(load_params(cfg, out, jnp.float32)[1])
+    loaded = _flat(load_params(cfg, model_dir, jnp.float32)[1])
+    assert restored.keys() == loaded.keys() and ("layers", 0, "self_attn", "k_proj", "kernel") in restored
+    for name in loaded:
+        np.testing.assert_array_equal(np.asarray(restored[name]), np.asarray(loaded[name]), err_msg=str(name))

@@ -69,8 +69,8 @@ def test_vocab_not_divisible_replicates_embedding_and_head():
 
 def test_every_supported_architecture_has_rules():
     assert set(PARTITION_RULES) == set(supported_architectures())
-    with pytest.raises(ValueError, match="no tensor-parallel partition rules for 'GPT2LMHeadModel'"):
-        layout_of("GPT2LMHeadModel", ("lm_head", "kernel"))
+    with pytest.raises(ValueError, match="no tensor-parallel partition rules for 'MysteryForCausalLM'"):
+        layout_of("MysteryForCausalLM", ("lm_head", "kernel"))
     with pytest.raises(ValueError, match="no partition rule matches parameter 'layers.0.mystery.kernel'"):
         layout_of("LlamaForCausalLM", ("layers", 0, "mystery", "kernel"))
 

@@ -264,7 +264,7 @@ def test_prefix_caching_disabled():
 
 def fork(bm: BlockManager, parent: Request, child_id: str, tail: list[int]) -> Request:
     child = Request(child_id, parent.all_token_ids[: parent.num_computed_tokens] + tail, STOP)
-    bm.fork(parent, child)
+    bm.fork(parent, child, parent.num_computed_tokens)
     child.num_computed_tokens = parent.num_computed_tokens
     return child
 
@@ -487,7 +487,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
         if parent is None or parent.num_computed_tokens + len(tail) == 0:
             return multiple()
         child = Request(self.new_id(), parent.all_token_ids[: parent.num_computed_tokens] + tail, STOP)
-        self.bm.fork(parent, child)
+        self.bm.fork(parent, child, parent.num_computed_tokens)
         child.num_computed_tokens = parent.num_computed_tokens
         self.requests[child.request_id] = child
         if write and tail:

@@ -23,29 +23,54 @@ def make_scheduler(**overrides) -> Scheduler:
     return Scheduler(SchedulerConfig(**config))
 
 
-def run_to_completion(scheduler: Scheduler, runner: FakeRunner | None = None, max_steps: int = 10_000):
-    """Drive schedule -> execute -> update until nothing is left; the finished requests by id."""
+def run_to_completion(scheduler: Scheduler, runner: FakeRunner | None = None, max_steps: int = 10_000,
+                      async_scheduling: bool = False):
+    """Drive schedule -> execute -> update until nothing is left; the finished requests by id.
+    With `async_scheduling`, step N+1 is scheduled and executed before update() of step N."""
     runner = runner or FakeRunner(scheduler)
     finished = {}
+    pending = []
     for _ in range(max_steps):
-        if not scheduler.has_unfinished_requests():
+        if not scheduler.has_unfinished_requests() and not pending:
             break
         output = scheduler.schedule()
-        result = scheduler.update(output, runner.execute(output))
-        for request in result.finished:
-            finished[request.request_id] = request
+        if output.scheduled:
+            pending.append((output, runner.execute(output)))
+        if pending and (not async_scheduling or len(pending) == 2 or not output.scheduled):
+            result = scheduler.update(*pending.pop(0))
+            for request in result.finished:
+                finished[request.request_id] = request
     assert not scheduler.has_unfinished_requests()
     assert scheduler.block_manager.num_free_blocks == scheduler.config.num_blocks  # no leak
     scheduler.block_manager.check_invariants()
     return finished
 
 
-def step(scheduler: Scheduler, sampled: dict[str, list[int]] | None = None):
+class Step:
+    """A SchedulerOutput plus `brief`: what each scheduled request computes, read right after
+    schedule() (request id, token ids, start position, whole block table, sample)."""
+
+    def __init__(self, scheduler: Scheduler, output: SchedulerOutput) -> None:
+        self.output = output
+        table = scheduler.block_manager.block_table
+        self.brief = [(s.request_id,
+                       scheduler.get_request(s.request_id).all_token_ids[s.start_position:s.start_position + s.num_tokens],
+                       s.start_position, list(table(s.request_id)), s.sample) for s in output.scheduled]
+
+    def __getattr__(self, name):
+        return getattr(self.output, name)
+
+
+def schedule(scheduler: Scheduler) -> Step:
+    return Step(scheduler, scheduler.schedule())
+
+
+def step(scheduler: Scheduler, sampled: dict[str, int] | None = None):
     """One step with scripted sampled tokens (default: token 1 for every request that samples)."""
-    output = scheduler.schedule()
+    output = schedule(scheduler)
     if sampled is None:
-        sampled = {s.request_id: [1] for s in output.scheduled if s.sample}
-    return output, scheduler.update(output, sampled)
+        sampled = {s.request_id: 1 for s in output.scheduled if s.sample}
+    return output, scheduler.update(output.output, sampled)
 
 
 def drain(scheduler: Scheduler) -> None:
@@ -59,8 +84,8 @@ def drain(scheduler: Scheduler) -> None:
     scheduler.block_manager.check_invariants()
 
 
-def brief(output: SchedulerOutput) -> list[tuple]:
-    return [(s.request_id, list(s.token_ids), s.start_position, list(s.block_ids), s.sample) for s in output.scheduled]
+def brief(output: Step) -> list[tuple]:
+    return output.brief
 
 
 def req(request_id: str, prompt: list[int], max_tokens: int = 16, **stop) -> Request:
@@ -309,10 +334,10 @@ def test_stop_token_eos_and_dropped_tokens_after_a_stop():
     scheduler.add_request(req("s", [1, 2], stop_token_ids={7}, eos_token_id=0))
     scheduler.add_request(req("e", [1, 2], stop_token_ids={7}, eos_token_id=0))
     scheduler.add_request(req("m", [1, 2], stop_token_ids={7}))
-    _, result = step(scheduler, {"s": [3], "e": [4], "m": [3, 7, 9]})  # m: several accepted tokens
-    assert result.new_token_ids == {"s": [3], "e": [4], "m": [3, 7]}
+    _, result = step(scheduler, {"s": 3, "e": 4, "m": [7]})  # a token, or a one-token list
+    assert result.new_token_ids == {"s": [3], "e": [4], "m": [7]}
     (m,) = result.finished
-    assert (m.request_id, m.finish_reason, m.stop_reason, m.output_token_ids) == ("m", "stop", 7, [3, 7])
+    assert (m.request_id, m.finish_reason, m.stop_reason, m.output_token_ids) == ("m", "stop", 7, [7])
     _, result = step(scheduler, {"s": [7], "e": [0]})
     assert {r.request_id: (r.finish_reason, r.stop_reason) for r in result.finished} == {
         "s": ("stop", 7),
@@ -375,6 +400,7 @@ def test_abort_while_in_flight_is_skipped_by_update():
     scheduler.add_request(req("b", [4, 5, 6]))
     output = scheduler.schedule()
     assert scheduler.abort_request("a")
+    assert scheduler.schedule().finished_request_ids == ("a",)  # the runner drops its state
     result = scheduler.update(output, {"a": [1], "b": [2]})
     assert result.new_token_ids == {"b": [2]}
     scheduler.abort_request("b")
@@ -390,25 +416,45 @@ def test_update_protocol_errors():
     assert empty.scheduled == () and scheduler.update(empty, {}).new_token_ids == {}
     scheduler.add_request(req("a", [1, 2, 3]))
     output = scheduler.schedule()
+    second = scheduler.schedule()  # asynchronous scheduling: one more step may be in flight
+    assert [(s.num_tokens, s.start_position, s.sample) for s in second.scheduled] == [(1, 3, True)]
     with pytest.raises(RuntimeError, match="before update"):
         scheduler.schedule()
+    with pytest.raises(RuntimeError, match="oldest"):
+        scheduler.update(second, {"a": 5})
     with pytest.raises(ValueError, match="no sampled token"):
         scheduler.update(output, {})
-    assert scheduler.get_request("a").num_computed_tokens == 0  # nothing changed: still pending
+    assert scheduler.get_request("a").output_token_ids == []  # nothing changed: still pending
     assert scheduler.update(output, {"a": [4]}).new_token_ids == {"a": [4]}
-    scheduler.add_request(req("b", [1]))
-    output = scheduler.schedule()
-    scheduler.update(output, {"b": [3], "a": [4]})
+    assert scheduler.update(second, {"a": 5}).new_token_ids == {"a": [5]}
     with pytest.raises(RuntimeError, match="once"):
-        scheduler.update(output, {"b": [3], "a": [4]})
+        scheduler.update(second, {"a": 5})
     drain(scheduler)
 
 
 def test_scheduled_request_is_plain_data():
-    s = ScheduledRequest("a", [1], 0, [0], True)
-    assert (s.request_id, s.token_ids, s.start_position, s.block_ids, s.sample) == ("a", [1], 0, [0], True)
+    s = ScheduledRequest("a", 1, 0, 0, (0,), True)
+    assert (s.request_id, s.num_tokens, s.start_position, s.block_ids_start, s.new_block_ids, s.sample) == (
+        "a", 1, 0, 0, (0,), True)
     with pytest.raises(AttributeError):
         s.sample = False
+
+
+def test_block_tables_travel_once_then_as_deltas():
+    scheduler = make_scheduler(block_size=4)
+    scheduler.add_request(req("a", [1, 2, 3], max_tokens=8))
+    output = scheduler.schedule()
+    (new,) = output.new_requests
+    assert (new.request_id, new.token_ids, new.num_prompt_tokens) == ("a", (1, 2, 3), 3)
+    assert [(s.block_ids_start, s.new_block_ids) for s in output.scheduled] == [(0, (0,))]
+    scheduler.update(output, {"a": 4})
+    output = scheduler.schedule()  # position 3 still in block 0: no table change, nothing new
+    assert output.new_requests == () and [(s.block_ids_start, s.new_block_ids) for s in output.scheduled] == [(1, ())]
+    scheduler.update(output, {"a": 5})
+    output = scheduler.schedule()  # position 4: block 1 appended
+    assert [(s.block_ids_start, s.new_block_ids) for s in output.scheduled] == [(1, (1,))]
+    scheduler.update(output, {"a": 6})
+    drain(scheduler)
 
 
 # ------------------------------------------------------------------- fork
@@ -429,10 +475,10 @@ def test_fork_shares_blocks_and_copies_the_partial_block_on_write():
     assert [scheduler.block_manager.ref_count(b) for b in (0, 1)] == [2, 2]
     assert scheduler.get_request("c").num_computed_tokens == 6 and scheduler.num_running == 2
 
-    output = scheduler.schedule()  # p writes position 6 into shared block 1 first: it gets a copy
+    output = schedule(scheduler)  # p writes position 6 into shared block 1 first: it gets a copy
     assert output.blocks_to_copy == ((1, 2),)
     assert brief(output) == [("p", [t0], 6, [0, 2], True), ("c", [t1], 6, [0, 1], True)]
-    scheduler.update(output, runner.execute(output))
+    scheduler.update(output.output, runner.execute(output.output))
     finished = run_to_completion(scheduler, runner)
     assert (finished["p"].output_token_ids, finished["p"].finish_reason, finished["p"].stop_reason) == reference(
         prompt, stop, 128
@@ -467,3 +513,158 @@ def test_fork_of_a_waiting_request_queues_the_child():
     assert scheduler.num_waiting == 2 and not scheduler.block_manager.has_blocks("c")
     finished = run_to_completion(scheduler)
     assert finished["p"].output_token_ids == finished["c"].output_token_ids
+
+
+# ------------------------------------------------ parallel sampling, async, stop, recovery
+
+
+def test_fork_children_share_the_prompt_at_the_first_sample():
+    scheduler = make_scheduler(block_size=4)
+    prompt = [3, 1, 4, 1, 5, 9]
+    children = [req(f"p#{i}", prompt, max_tokens=3) for i in (1, 2)]
+    scheduler.add_request(Request("p", prompt, StopCriteria(max_tokens=3), fork_children=children))
+    output = scheduler.schedule()
+    (new,) = output.new_requests
+    assert [child_id for child_id, _ in new.fork_children] == ["p#1", "p#2"]
+    with pytest.raises(ValueError, match="p#2"):
+        scheduler.update(output, {"p": 5, "p#1": 6})  # every child needs its first token
+    result = scheduler.update(output, {"p": 5, "p#1": 6, "p#2": 7})
+    assert result.new_token_ids == {"p": [5], "p#1": [6], "p#2": [7]}
+    table = scheduler.block_manager.block_table
+    assert table("p#1") == table("p#2") == table("p") == [0, 1]
+    assert [scheduler.block_manager.ref_count(b) for b in (0, 1)] == [3, 3]
+    output = schedule(scheduler)  # each writes position 6 into shared block 1: two of three copy
+    assert [n.request_id for n in output.new_requests] == ["p#1", "p#2"]
+    assert len(output.blocks_to_copy) == 2 and {src for src, _ in output.blocks_to_copy} == {1}
+    assert [b[1] for b in output.brief] == [[5], [6], [7]]
+    scheduler.update(output.output, {"p": 1, "p#1": 1, "p#2": 1})
+    drain(scheduler)
+
+
+def test_fork_children_of_a_request_finishing_on_its_first_token():
+    scheduler = make_scheduler(block_size=4)
+    children = [req("c", [1, 2, 3], max_tokens=2)]
+    scheduler.add_request(Request("p", [1, 2, 3], StopCriteria(max_tokens=2, eos_token_id=0), fork_children=children))
+    _, result = step(scheduler, {"p": 0, "c": 8})
+    assert [r.request_id for r in result.finished] == ["p"]  # eos; the child still forked
+    assert scheduler.get_request("c").status is RequestStatus.RUNNING
+    assert scheduler.block_manager.block_table("c") == [0]
+    _, result = step(scheduler, {"c": 9})
+    assert result.finished[0].output_token_ids == [8, 9]
+    assert scheduler.block_manager.num_free_blocks == 64
+
+
+@pytest.mark.parametrize("caching", [True, False])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_async_scheduling_gives_the_same_outputs(seed, caching):
+    results = {}
+    for async_scheduling in (False, True):
+        scheduler = make_scheduler(max_model_len=48, enable_prefix_caching=caching, num_blocks=13, max_num_seqs=5,
+                                   max_num_batched_tokens=11)
+        for request_id, prompt, stop in make_workload(seed):
+            children = [Request(f"{request_id}#{i}", prompt, stop) for i in range(seed % 2 + 1)]
+            scheduler.add_request(Request(request_id, prompt, stop, fork_children=children))
+        finished = run_to_completion(scheduler, async_scheduling=async_scheduling)
+        results[async_scheduling] = {rid: (r.output_token_ids, r.finish_reason, r.stop_reason)
+                                     for rid, r in finished.items()}
+    assert results[True] == results[False]
+    assert len(results[True]) > len(make_workload(seed))
+
+
+def test_a_step_in_flight_feeds_the_next_one_and_stops_apply_one_step_late():
+    scheduler = make_scheduler(block_size=4)
+    scheduler.add_request(req("a", [1, 2], max_tokens=8, eos_token_id=0))
+    first = scheduler.schedule()
+    second = scheduler.schedule()  # a's placeholder: position 2, its token still on the device
+    assert [(s.start_position, s.num_tokens, s.sample) for s in second.scheduled] == [(2, 1, True)]
+    assert scheduler.get_request("a").num_output_placeholders == 2
+    result = scheduler.update(first, {"a": 0})  # eos: a finishes; the second step's sample is dropped
+    assert result.finished[0].output_token_ids == [0]
+    assert scheduler.update(second, {"a": 5}).new_token_ids == {}
+    assert scheduler.schedule().scheduled == () and scheduler.block_manager.num_free_blocks == 64
+
+
+def test_no_step_is_scheduled_past_the_length_limit_in_flight():
+    scheduler = make_scheduler()
+    scheduler.add_request(req("a", [1, 2], max_tokens=1))
+    scheduler.add_request(req("b", [1, 2], max_tokens=3))
+    first = scheduler.schedule()
+    second = scheduler.schedule()
+    assert [s.request_id for s in second.scheduled] == ["b"]  # a's one output is in flight
+    scheduler.update(first, {"a": 3, "b": 3})
+    scheduler.update(second, {"b": 4})
+    drain(scheduler)
+
+
+def test_finish_request_stops_wherever_the_request_is():
+    scheduler = make_scheduler(max_num_seqs=1)
+    scheduler.add_request(req("a", [1, 2, 3]))
+    scheduler.add_request(req("b", [4, 5]))
+    output = scheduler.schedule()
+    assert scheduler.finish_request("a", "the end")  # in flight
+    a = output.scheduled[0]
+    assert scheduler.update(output, {"a": 9}).new_token_ids == {}
+    assert scheduler.finish_request("b", None) and not scheduler.finish_request("b")
+    assert a.request_id == "a" and scheduler.block_manager.num_free_blocks == 64
+    assert scheduler.schedule().scheduled == ()  # nothing left
+
+
+def test_recover_from_failure_recomputes_everything_and_counts_the_lost_step():
+    scheduler = make_scheduler(block_size=4)
+    runner = FakeRunner(scheduler)
+    scheduler.add_request(req("a", list(range(9)), max_tokens=6))
+    scheduler.add_request(req("b", [1, 2], max_tokens=6))
+    output = scheduler.schedule()
+    scheduler.update(output, runner.execute(output))
+    lost = scheduler.schedule()  # this step fails on the device
+    assert scheduler.recover_from_failure() == ["a", "b"]
+    assert [scheduler.get_request(r).num_failed_steps for r in "ab"] == [1, 1]
+    assert scheduler.block_manager.num_free_blocks == 64 and scheduler.stats()["num_cached_kv_blocks"] == 0
+    assert lost.scheduled and scheduler.num_in_flight == 0
+    finished = run_to_completion(scheduler, FakeRunner(scheduler))  # a fresh runner: nothing was kept
+    assert finished["a"].output_token_ids == reference(list(range(9)), StopCriteria(max_tokens=6), 128)[0]
+
+
+# ------------------------------------------------------------ sliding window
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+@pytest.mark.parametrize("caching", [True, False])
+def test_sliding_window_gives_back_blocks_outside_the_window(async_scheduling, caching):
+    """Every layer windowed (Mistral v0.1, Starcoder2): a request holds only the blocks its window
+    still needs, so generations far longer than the pool fit, and outputs equal the windowed
+    reference."""
+    window, block_size = 6, 2
+    scheduler = make_scheduler(num_blocks=14, block_size=block_size, max_model_len=200, max_num_seqs=2,
+                               max_num_batched_tokens=4, sliding_window=window, enable_prefix_caching=caching)
+    peak = [0]
+    runner = FakeRunner(scheduler)
+    execute = runner.execute
+
+    def observed(output):
+        peak[0] = max(peak[0], scheduler.block_manager.num_used_blocks)
+        return execute(output)
+
+    runner.execute = observed
+    requests = [("a", list(range(1, 12)), 60), ("b", [3, 1, 4, 1, 5, 9, 2, 6], 50)]
+    for rid, prompt, max_tokens in requests:
+        scheduler.add_request(req(rid, prompt, max_tokens=max_tokens))  # 70 and 57 tokens: 35 + 29 blocks
+    finished = run_to_completion(scheduler, runner, async_scheduling=async_scheduling)
+    for rid, prompt, max_tokens in requests:
+        want = reference(prompt, StopCriteria(max_tokens=max_tokens), 200, window=window)
+        assert (finished[rid].output_token_ids, finished[rid].finish_reason) == want[:2]
+    assert peak[0] <= 14  # (the whole generations would need 64 blocks)
+    scheduler.block_manager.check_invariants()
+
+
+def test_dropped_blocks_lead_the_table_and_stay_cached():
+    scheduler = make_scheduler(block_size=2, sliding_window=3, max_num_batched_tokens=64)
+    scheduler.add_request(req("a", list(range(10)), max_tokens=3))
+    step(scheduler)  # prefill 10 tokens: nothing dropped yet (the first query still sees position 0)
+    output, _ = step(scheduler)  # computes position 10: its window is 8..10, blocks 0-3 are done
+    table = scheduler.block_manager.block_table("a")
+    assert table[:4] == [-1] * 4 and -1 not in table[4:]
+    assert scheduler.block_manager.num_used_blocks == len(table) - 4
+    assert scheduler.stats()["num_cached_kv_blocks"] >= 4  # given back, still hashed for prefix hits
+    scheduler.block_manager.check_invariants()
+    drain(scheduler)

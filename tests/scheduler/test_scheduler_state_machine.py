@@ -1,5 +1,6 @@
-"""Scheduler: a hypothesis state machine (add / step / abort / fork) whose finished outputs
-must equal an unconstrained reference run, with nothing leaked."""
+"""Scheduler: a hypothesis state machine (add with fork children / step / abort / stop / fork),
+synchronous or with one step in flight (asynchronous scheduling), whose finished outputs must
+equal an unconstrained reference run, with nothing leaked."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from scheduler import Request, RequestStatus, Scheduler, SchedulerConfig, StopCriteria
-from tests.scheduler.fake_runner import VOCAB, FakeRunner, reference
+from tests.scheduler.fake_runner import VOCAB, FakeRunner, child_first_token, reference
 
 
 # ------------------------------------------------------------ state machine
@@ -25,8 +26,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         budget=st.integers(1, 16),
         max_num_seqs=st.integers(1, 4),
         caching=st.booleans(),
+        async_scheduling=st.booleans(),
+        window=st.none() | st.integers(2, 9),
     )
-    def setup(self, num_blocks, block_size, budget, max_num_seqs, caching):
+    def setup(self, num_blocks, block_size, budget, max_num_seqs, caching, async_scheduling, window):
         self.scheduler = Scheduler(
             SchedulerConfig(
                 num_blocks=num_blocks,
@@ -35,9 +38,13 @@ class SchedulerMachine(RuleBasedStateMachine):
                 max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=budget,
                 enable_prefix_caching=caching,
+                sliding_window=window,
             )
         )
+        self.window = window
         self.runner = FakeRunner(self.scheduler)
+        self.async_scheduling = async_scheduling
+        self.pending = []  # (output, sampled) executed, update() still due
         self.expected: dict[str, tuple] = {}
         self.next_id = 0
 
@@ -59,24 +66,32 @@ class SchedulerMachine(RuleBasedStateMachine):
         stop_token=st.none() | st.integers(0, VOCAB - 1),
         eos=st.none() | st.integers(0, VOCAB - 1),
         min_tokens=st.integers(0, 2),
+        num_children=st.sampled_from([0, 0, 1, 2]),
     )
-    def add(self, prompt, max_tokens, stop_token, eos, min_tokens):
+    def add(self, prompt, max_tokens, stop_token, eos, min_tokens, num_children):
         stop = StopCriteria(
             max_tokens=max_tokens,
             min_tokens=min(min_tokens, max_tokens),
             stop_token_ids=frozenset() if stop_token is None else frozenset({stop_token}),
             eos_token_id=eos,
         )
-        request = Request(self.new_id(), prompt, stop)
+        children = [Request(self.new_id(), prompt, stop) for _ in range(num_children)]
+        request = Request(self.new_id(), prompt, stop, fork_children=children)
         config = self.scheduler.config
         kv_tokens = min(len(prompt) + max_tokens, max(config.max_model_len, len(prompt) + 1)) - 1
+        if self.window is not None:
+            kv_tokens = min(kv_tokens, self.window + config.max_num_batched_tokens + config.block_size)
         fits = len(prompt) <= config.max_model_len and -(-kv_tokens // config.block_size) <= config.num_blocks
         if not fits:
             with pytest.raises(ValueError):
                 self.scheduler.add_request(request)
             return
         self.scheduler.add_request(request)
-        self.expected[request.request_id] = reference(prompt, stop, config.max_model_len)
+        self.expected[request.request_id] = reference(prompt, stop, config.max_model_len, window=self.window)
+        for i, child in enumerate(children):
+            event("fork children")
+            self.expected[child.request_id] = reference(prompt, stop, config.max_model_len,
+                                                        [child_first_token(prompt, i, self.window)], window=self.window)
 
     @precondition(lambda self: hasattr(self, "scheduler"))
     @rule()
@@ -88,27 +103,58 @@ class SchedulerMachine(RuleBasedStateMachine):
             event("copy-on-write")
         if any(s.start_position and not s.sample for s in output.scheduled):
             event("chunked prefill")
-        result = self.scheduler.update(output, self.runner.execute(output))
+        if output.scheduled:
+            self.pending.append((output, self.runner.execute(output)))
+        if self.pending and (not self.async_scheduling or len(self.pending) == 2 or not output.scheduled):
+            self.update_oldest()
+
+    def update_oldest(self):
+        result = self.scheduler.update(*self.pending.pop(0))
         for request in result.finished:
             self.finish(request)
             if request.num_cached_tokens:
                 event("prefix hit")
+
+    def flush(self):
+        while self.pending:
+            self.update_oldest()
+
+    @precondition(lambda self: hasattr(self, "scheduler") and self.expected)
+    @rule(data=st.data())
+    def stop_early(self, data):
+        """The engine finishes a request (a stop string in its text), even while in flight."""
+        request_id = data.draw(st.sampled_from(sorted(self.expected)))
+        request = self.scheduler.get_request(request_id)
+        if request is None:  # a fork child that has not joined yet
+            return
+        assert self.scheduler.finish_request(request_id, "<stop>")
+        assert request.finish_reason == "stop" and request.stop_reason == "<stop>"
+        del self.expected[request_id]
+        for child in request.fork_children:  # never forked: they stop with their parent
+            del self.expected[child.request_id]
 
     @precondition(lambda self: hasattr(self, "scheduler") and self.expected)
     @rule(data=st.data())
     def abort(self, data):
         request_id = data.draw(st.sampled_from(sorted(self.expected)))
         request = self.scheduler.get_request(request_id)
+        if request is None:  # a fork child that has not joined yet
+            return
         assert self.scheduler.abort_request(request_id)
         assert request.status is RequestStatus.FINISHED_ABORTED
         del self.expected[request_id]
+        for child in request.fork_children:
+            del self.expected[child.request_id]
 
     @precondition(lambda self: hasattr(self, "scheduler") and self.expected)
     @rule(data=st.data(), bump=st.integers(1, VOCAB - 1))
     def fork(self, data, bump):
         """A child that replaces the parent's last output with another token."""
+        self.flush()
+        if not self.expected:
+            return
         parent = self.scheduler.get_request(data.draw(st.sampled_from(sorted(self.expected))))
-        if parent.status is not RequestStatus.RUNNING or not parent.output_token_ids:
+        if parent is None or parent.status is not RequestStatus.RUNNING or not parent.output_token_ids:
             return
         outputs = parent.output_token_ids[:-1] + [(parent.output_token_ids[-1] + bump) % VOCAB]
         child = Request(self.new_id(), parent.prompt_token_ids, parent.stop, output_token_ids=outputs)
@@ -117,11 +163,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         if self.scheduler.fork_request(parent.request_id, child):
             assert child.status.is_finished
             assert (child.output_token_ids, child.finish_reason, child.stop_reason) == reference(
-                parent.prompt_token_ids, parent.stop, config.max_model_len, outputs
+                parent.prompt_token_ids, parent.stop, config.max_model_len, outputs, window=self.window
             )
         else:
             self.expected[child.request_id] = reference(
-                parent.prompt_token_ids, parent.stop, config.max_model_len, outputs
+                parent.prompt_token_ids, parent.stop, config.max_model_len, outputs, window=self.window
             )
 
     @invariant()
@@ -130,11 +176,14 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         scheduler, bm = self.scheduler, self.scheduler.block_manager
         bm.check_invariants()
-        assert scheduler.num_running + scheduler.num_waiting == len(self.expected)
+        unjoined = sum(len(r.fork_children) for r in scheduler._running + list(scheduler._waiting))
+        assert scheduler.num_running + scheduler.num_waiting + unjoined == len(self.expected)
         for request in scheduler._running:
             assert request.status is RequestStatus.RUNNING
             assert len(bm.block_table(request.request_id)) == -(-request.num_computed_tokens // bm.block_size)
-            assert request.num_computed_tokens < request.num_tokens <= scheduler.config.max_model_len
+            assert request.num_computed_tokens <= request.num_tokens_with_placeholders
+            assert request.num_tokens <= scheduler.config.max_model_len
+            assert request.num_output_placeholders <= len(self.pending)
         for request in scheduler._waiting:
             assert request.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
             assert not bm.has_blocks(request.request_id) and request.num_computed_tokens == 0
@@ -143,7 +192,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         if not hasattr(self, "scheduler"):
             return
         for _ in range(2000):
-            if not self.scheduler.has_unfinished_requests():
+            if not self.scheduler.has_unfinished_requests() and not self.pending:
                 break
             self.step()
         assert not self.expected

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from pagedjax.config import EngineConfig
-from tests.server.helpers import ALIAS, API_KEY, ENGINE_OPTIONS, MODEL, REQUEST_TIMEOUT_S
+from tests.server.helpers import ALIAS, API_KEY, AUTH, ENGINE_OPTIONS, MODEL, REQUEST_TIMEOUT_S
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +44,14 @@ def tokenizer(offline):
 
 @pytest.fixture
 def http(server):
-    """A plain httpx client on the server (no proxies from the environment)."""
+    """A plain httpx client on the server with the API key (no proxies from the environment)."""
+    with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S, trust_env=False, headers=AUTH) as client:
+        yield client
+
+
+@pytest.fixture
+def anon(server):
+    """An httpx client on the server without the API key."""
     with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S, trust_env=False) as client:
         yield client
 

@@ -23,8 +23,11 @@ def async_client(server, **kwargs) -> openai.AsyncOpenAI:
                               **kwargs)
 
 
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
 def engine_stats(http: httpx.Client) -> dict:
-    response = http.get("/debug/stats")
+    response = http.get("/debug/stats", headers=AUTH)
     response.raise_for_status()
     return response.json()
 
@@ -47,14 +50,14 @@ def slowed_engine(server, seconds_per_step: float):
     can act while a request is surely still running. NOTE: an instance attribute on the runner,
     read by the engine thread at each step; removed afterwards."""
     runner = server.app.state.server.engine._engine.runner
-    original = runner.execute
+    original = runner.execute_model
 
     def slow(*args, **kwargs):
         time.sleep(seconds_per_step)
         return original(*args, **kwargs)
 
-    runner.execute = slow
+    runner.execute_model = slow
     try:
         yield
     finally:
-        del runner.execute
+        del runner.execute_model

@@ -18,14 +18,14 @@ import pytest
 
 START_TIMEOUT_S = 240
 SERVE_OPTIONS = ["--port", "0", "--max-model-len", "256", "--num-kv-blocks", "32", "--max-num-seqs", "8",
-                 "--max-num-batched-tokens", "128", "--log-level", "warning"]
+                 "--max-num-batched-tokens", "128", "--log-level", "warning", "--no-precompile"]
 
 
 class Served:
     """A `pagedjax serve` subprocess; `url` once it printed its address."""
 
-    def __init__(self, *args: str):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
+    def __init__(self, *args: str, env: dict | None = None):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "pagedjax", "serve", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env)
         self.lines: queue.Queue = queue.Queue()
@@ -120,3 +120,42 @@ def test_busy_port_fails_fast_with_a_clear_message(tmp_path):
                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert res.returncode == 2
     assert f"pagedjax: error: cannot listen on 127.0.0.1:{port}" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_precompile_cold_and_warm_start_then_sigterm_stops_within_seconds(llama_dir, tmp_path):
+    """`pagedjax serve` compiles every step shape before it reports healthy (cold: a fresh
+    compilation cache; warm: the persistent cache of the first start), and SIGTERM stops it within
+    a few seconds even with long streams in flight."""
+    env = {"PAGEDJAX_CACHE": str(tmp_path / "cache")}
+    options = ["--port", "0", "--max-model-len", "64", "--num-kv-blocks", "32", "--max-num-seqs", "8",
+               "--max-num-batched-tokens", "64", "--log-level", "warning", "--shutdown-timeout", "1"]
+    times = {}
+    for start in ("cold", "warm"):
+        began = time.monotonic()
+        server = Served(llama_dir, *options, env=env)
+        times[start] = time.monotonic() - began
+        stderr = "".join(server.stderr)
+        compiled = int(re.search(r"compiled (\d+) step shapes", stderr).group(1))
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=120) as http:
+            assert http.get("/health").status_code == 200
+            before = http.get("/debug/stats").json()["num_compiles"]
+            body = {"model": llama_dir, "prompt": "The quick brown fox", "max_tokens": 56, "temperature": 0.0,
+                    "ignore_eos": True, "stream": True}
+            streams = [http.stream("POST", "/v1/completions", json=body) for _ in range(12)]
+            responses = [s.__enter__() for s in streams]
+            next(line for line in responses[0].iter_lines() if line.startswith("data:"))
+            assert http.get("/debug/stats").json()["num_compiles"] == before  # nothing compiled while serving
+            sent = time.monotonic()
+            code = server.stop(signal.SIGTERM, timeout_s=30)
+            stopped_after = time.monotonic() - sent
+            for s in streams:
+                try:
+                    s.__exit__(None, None, None)
+                except httpx.HTTPError:
+                    pass
+        assert code == 0 and stopped_after < 10, (code, stopped_after)
+        print(f"{start} start: {times[start]:.1f} s to healthy ({compiled} shapes compiled); "
+              f"stopped {stopped_after:.1f} s after SIGTERM")
+        if start == "cold":
+            assert compiled >= 3
+    assert times["warm"] < times["cold"], times

@@ -21,7 +21,7 @@ def error_of(exc: openai.APIStatusError) -> dict:
     return body["error"]
 
 
-def test_api_key(server, http):
+def test_api_key(server, http, anon):
     with httpx.Client(trust_env=False) as transport:
         wrong = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0, http_client=transport)
         with pytest.raises(openai.AuthenticationError) as info:
@@ -29,12 +29,14 @@ def test_api_key(server, http):
         assert info.value.status_code == 401 and error_of(info.value)["code"] == "invalid_api_key"
         with pytest.raises(openai.AuthenticationError):
             wrong.models.list()
-    missing = http.post("/v1/chat/completions", json={"model": MODEL, "messages": []})
+    missing = anon.post("/v1/chat/completions", json={"model": MODEL, "messages": []})
     assert missing.status_code == 401  # checked before the body is validated
     assert missing.json()["error"]["code"] == "invalid_api_key"
-    assert http.get("/v1/models", headers={"Authorization": f"Basic {API_KEY}"}).status_code == 401
+    assert anon.get("/v1/models", headers={"Authorization": f"Basic {API_KEY}"}).status_code == 401
     assert http.get("/v1/models", headers=AUTH).status_code == 200
-    assert http.get("/health").status_code == 200 and http.get("/metrics").status_code == 200
+    assert anon.get("/health").status_code == 200  # the one open route
+    for path in ("/metrics", "/debug/stats", "/version", "/v1/models"):
+        assert anon.get(path).status_code == 401 and http.get(path).status_code == 200
 
 
 def test_unknown_model_is_404(client):
@@ -118,15 +120,17 @@ def test_malformed_json_is_400(http):
 
 
 @contextlib.contextmanager
-def failing(target, name: str, error: Exception, after_calls: int = 0):
-    """Makes `target.name` raise `error` once, after `after_calls` good calls; restores it afterwards.
+def failing(target, name: str, error: Exception, after_calls: int = 0, times: int | None = None):
+    """Makes `target.name` raise `error` after `after_calls` good calls, `times` times (None: for
+    ever); restores it afterwards.
     NOTE: set while the server is idle; the engine thread reads the attribute only when it runs."""
     original = getattr(target, name)
-    calls = {"n": 0}
+    calls = {"n": 0, "failed": 0}
 
     def faulty(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == after_calls + 1:
+        if calls["n"] > after_calls and (times is None or calls["failed"] < times):
+            calls["failed"] += 1
             raise error
         return original(*args, **kwargs)
 
@@ -143,7 +147,7 @@ def test_engine_failures_are_500_and_the_server_keeps_serving(server, client, ht
     request = dict(model=MODEL, prompt="Simple is better", max_tokens=8, temperature=0.0)
     wait_until_idle(http)
     # the model step fails between the scheduler's schedule() and update()
-    with failing(engine.runner, "execute", RuntimeError("injected step failure")):
+    with failing(engine.runner, "execute_model", RuntimeError("injected step failure")):
         with pytest.raises(openai.InternalServerError) as info:
             client.completions.create(**request)
     error = error_of(info.value)
@@ -151,7 +155,7 @@ def test_engine_failures_are_500_and_the_server_keeps_serving(server, client, ht
     with failing(engine, "add_request", RuntimeError("injected add failure")):
         with pytest.raises(openai.InternalServerError):
             client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
-    with failing(engine.runner, "execute", RuntimeError("injected mid-stream failure"), after_calls=3):
+    with failing(engine.runner, "execute_model", RuntimeError("injected mid-stream failure"), after_calls=3):
         stream = client.completions.create(stream=True, **request)
         with pytest.raises(openai.APIError, match="injected mid-stream failure"):
             for _ in stream:

@@ -12,7 +12,7 @@ LONG_PROMPT = ("Beautiful is better than ugly. Explicit is better than implicit.
 
 def scrape(http) -> dict[str, float]:
     """sample name{labels} -> value, for every sample of the exposition."""
-    response = http.get("/metrics")  # open: no API key
+    response = http.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     values = {}
     for family in text_string_to_metric_families(response.text):

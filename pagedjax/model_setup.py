@@ -1,0 +1,126 @@
+"""The first stage of building an engine: `EngineConfig` -> a `LoadedModel`.
+
+Resolves the model (a checkpoint directory, a hub id, or a preset with random weights made on
+the device), its config, the tokenizer, the tensor-parallel mesh, the dtype, the context
+length and the EOS ids, and loads the parameters (each tensor straight to its device or
+shards). Nothing is loaded twice; the runner and the scheduler are built from the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import jax
+
+from models.config import ModelConfig
+from models.loader import load_params, resolve_dtype, resolve_model_path
+from models.presets import PRESETS, preset_config, random_params
+from models.sharding import check_tensor_parallel, make_mesh, param_sharding_fn
+from pagedjax.config import EngineConfig
+
+logger = logging.getLogger("pagedjax")
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """Everything the engine's runner and scheduler are built from."""
+
+    config: EngineConfig
+    model_config: ModelConfig
+    model_dir: str | None  # None for a preset (random weights, no tokenizer)
+    tokenizer: object | None
+    mesh: jax.sharding.Mesh | None
+    dtype: object
+    graphdef: object
+    params: object
+    max_model_len: int
+    eos_token_id: int | None  # the tokenizer's (else the config's first)
+    extra_eos_ids: tuple[int, ...]  # generation_config.json's and the config's other EOS ids
+    load_seconds: float
+
+
+def enable_compilation_cache() -> None:
+    """Turns on JAX's persistent compilation cache (under pagedjax's cache dir) unless the user
+    configured one, so a second start-up skips compilation."""
+    from pagedjax.default_model import cache_dir
+
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir(), "xla"))
+        # every step: small models compile in under jax's default threshold (1 s) too
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _generation_eos_ids(model_dir: str) -> tuple[int, ...]:
+    path = os.path.join(model_dir, "generation_config.json")
+    if not os.path.exists(path):
+        return ()
+    with open(path) as f:
+        eos = json.load(f).get("eos_token_id")
+    if eos is None:
+        return ()
+    return tuple(eos) if isinstance(eos, list) else (int(eos),)
+
+
+def _tensor_parallel(cfg: ModelConfig, tp: int):
+    """(mesh, sharding_for) for `tp` devices; (None, None) for one. ValueError when `cfg` cannot
+    be split `tp` ways or there are fewer than `tp` devices."""
+    if tp == 1:
+        return None, None
+    mesh = make_mesh(tp)
+    check_tensor_parallel(cfg, tp)
+    return mesh, param_sharding_fn(cfg, mesh)
+
+
+def resolve_max_model_len(cfg: ModelConfig, requested: int | None) -> int:
+    derived = cfg.max_position_embeddings
+    if cfg.sliding_window is not None and cfg.sliding_window < derived:
+        # NOTE: the kernels attend to the whole context; beyond the window that would differ
+        # from the model's definition, so the context is capped at the window (as vLLM once did).
+        logger.warning("sliding_window %d < max_position_embeddings %d: capping max_model_len to %d",
+                       cfg.sliding_window, derived, cfg.sliding_window)
+        derived = cfg.sliding_window
+    if requested is None:
+        return derived
+    if requested > derived:
+        raise ValueError(f"max_model_len ({requested}) is larger than the model's maximum context "
+                         f"({derived}: max_position_embeddings or sliding window)")
+    return requested
+
+
+def load_model(config: EngineConfig) -> LoadedModel:
+    """Resolves and loads everything `config` names (see the module docstring)."""
+    from pagedjax.default_model import default_model_dir
+
+    start = time.perf_counter()
+    enable_compilation_cache()
+    model = config.model or default_model_dir()
+    is_preset = model in PRESETS and not os.path.isdir(model)
+    if is_preset:  # real shapes, random weights made on the device, no tokenizer
+        model_dir, cfg = None, preset_config(model)
+    else:
+        model_dir = resolve_model_path(model)
+        cfg = ModelConfig.from_pretrained(model_dir)
+    mesh, sharding_for = _tensor_parallel(cfg, config.tensor_parallel_size)
+    tokenizer_path = resolve_model_path(config.tokenizer) if config.tokenizer else model_dir
+    tokenizer = _load_tokenizer(tokenizer_path) if tokenizer_path and not config.skip_tokenizer_init else None
+    max_model_len = resolve_max_model_len(cfg, config.max_model_len)
+    dtype = resolve_dtype(config.dtype, cfg)
+    if is_preset:
+        graphdef, params = random_params(cfg, dtype, seed=config.seed, sharding_for=sharding_for)
+    else:  # safetensors, or an orbax checkpoint of `pagedjax convert`
+        graphdef, params = load_params(cfg, model_dir, dtype, sharding_for=sharding_for)
+    tok_eos = tokenizer.eos_token_id if tokenizer is not None else None
+    eos = tok_eos if tok_eos is not None else (cfg.eos_token_ids or (None,))[0]
+    extra = set(_generation_eos_ids(model_dir) if model_dir else ()) | set(cfg.eos_token_ids)
+    return LoadedModel(config, cfg, model_dir, tokenizer, mesh, dtype, graphdef, params, max_model_len, eos,
+                       tuple(sorted(extra - {eos})), time.perf_counter() - start)
