@@ -151,6 +151,17 @@ def save_checkpoint(out_dir: str, hf_config: dict, params, *, dtype: str = "floa
         json.dump(hf_config, f, indent=2)
 
 
+DEFAULT_MODEL_ALIASES = ("default", DEFAULT_MODEL_NAME)  # names `LLM(...)` / `--model` accept for it
+
+
+def resolve_default_model(model: str | None) -> str:
+    """`model` itself, or the shipped checkpoint's directory for None, "default" or
+    DEFAULT_MODEL_NAME (a directory of that name, if there is one, wins)."""
+    if model is None or (model in DEFAULT_MODEL_ALIASES and not os.path.isdir(model)):
+        return default_model_dir()
+    return model
+
+
 def default_model_dir() -> str:
     """The directory of the built-in checkpoint shipped with the package (nothing is built)."""
     if not os.path.exists(os.path.join(DEFAULT_MODEL_DIR, "model.safetensors")):

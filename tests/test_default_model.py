@@ -28,7 +28,7 @@ def reference_pairs():
 def llm():
     from pagedjax.llm import LLM
 
-    return LLM(default_model_dir(), max_model_len=128, num_kv_blocks=64, seed=0)
+    return LLM(max_model_len=128, num_kv_blocks=64, seed=0)  # no model: the built-in one
 
 
 def test_default_model_dir_is_shipped_with_no_build_and_no_torch(tmp_path):
@@ -117,3 +117,13 @@ def test_package_data_carries_every_shipped_file():
     ignored = subprocess.run(["git", "check-ignore", "-q", os.path.join(DEFAULT_MODEL_DIR, "model.safetensors")],
                              cwd=root, capture_output=True)
     assert ignored.returncode == 1  # not ignored: the weights are committed
+
+
+def test_llm_without_a_model_is_the_shipped_one_and_rejects_empty_prompts(llm):
+    from pagedjax.sampling_params import SamplingParams
+
+    assert llm.engine.loaded.model_dir == default_model_dir()
+    for prompts in ("", ["The module", ""], [{"prompt": ""}], [{"prompt_token_ids": []}]):
+        with pytest.raises(ValueError, match="prompt is empty"):
+            llm.generate(prompts, SamplingParams(max_tokens=2), use_tqdm=False)
+        assert not llm.engine.has_unfinished_requests()  # nothing was queued
