@@ -90,7 +90,7 @@ def train_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None):
 
 
 def tiny_llama_config(vocab_size: int, **overrides) -> dict:
-    """The HF config dict of the default tiny Llama (2 layers, GQA 4:2, head_dim 16)."""
+    """The HF config dict of the tests' tiny Llama (2 layers, GQA 4:2, head_dim 16)."""
     from transformers import LlamaConfig
 
     fields = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
