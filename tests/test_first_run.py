@@ -101,8 +101,9 @@ def first_run(request, tmp_path_factory):
     if request.param == "local":
         view = dependency_view(str(tmp / "dependencies"))
         assert not [n for n in view if n.startswith(("torch", "pagedjax"))]  # the point of the exercise
-        purelib = subprocess.run([_venv_python(venv), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
+        where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        purelib = subprocess.run([_venv_python(venv), "-c", where], capture_output=True, text=True,
+                                 check=True).stdout.strip()
         with open(os.path.join(purelib, "_pagedjax_test_dependencies.pth"), "w") as f:
             f.write(str(tmp / "dependencies") + "\n")
     env = _clean_env(venv, str(tmp / "cache"))

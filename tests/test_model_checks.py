@@ -56,8 +56,8 @@ def test_a_directory_without_config_json(tmp_path):
 
 def test_a_directory_without_weights_names_the_formats_we_read(tmp_path):
     model_dir = _copy_default(tmp_path / "m", skip=("model.safetensors",))
-    formats = r"pagedjax reads safetensors \(model\.safetensors, or shards listed in model\.safetensors\.index\.json\)" \
-              r" or an orbax checkpoint written by `pagedjax convert`"
+    formats = (r"pagedjax reads safetensors \(model\.safetensors, or shards listed in "
+               r"model\.safetensors\.index\.json\) or an orbax checkpoint written by `pagedjax convert`")
     with pytest.raises(ModelNotFoundError, match=r"no weights in '.*m': " + formats + "$"):
         LLM(model_dir)
     (tmp_path / "m" / "pytorch_model.bin").write_bytes(b"\0")
