@@ -18,10 +18,11 @@ import time
 import jax
 
 from models.config import ModelConfig
-from models.loader import load_params, resolve_dtype, resolve_model_path
+from models.loader import load_params, resolve_dtype
 from models.presets import PRESETS, preset_config, random_params
 from models.sharding import check_tensor_parallel, make_mesh, param_sharding_fn
 from pagedjax.config import EngineConfig
+from pagedjax.model_checks import check_checkpoint_dir, load_tokenizer, resolve_checkpoint
 
 logger = logging.getLogger("pagedjax")
 
@@ -54,12 +55,6 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir(), "xla"))
         # every step: small models compile in under jax's default threshold (1 s) too
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
 
 
 def _generation_eos_ids(model_dir: str) -> tuple[int, ...]:
@@ -136,20 +131,21 @@ def checkpoint_kv_scales(model_dir: str | None, num_layers: int) -> tuple | None
 
 def load_model(config: EngineConfig) -> LoadedModel:
     """Resolves and loads everything `config` names (see the module docstring)."""
-    from pagedjax.default_model import default_model_dir
+    from pagedjax.default_model import resolve_default_model
 
     start = time.perf_counter()
     enable_compilation_cache()
-    model = config.model or default_model_dir()
+    model = resolve_default_model(config.model)  # None / "default" / DEFAULT_MODEL_NAME: the shipped model
     is_preset = model in PRESETS and not os.path.isdir(model)
     if is_preset:  # real shapes, random weights made on the device, no tokenizer
         model_dir, cfg = None, preset_config(model)
-    else:
-        model_dir = resolve_model_path(model)
+    else:  # friendly errors (model_checks) for a missing directory, config, weights or tokenizer
+        model_dir = resolve_checkpoint(model)
+        check_checkpoint_dir(model_dir)
         cfg = ModelConfig.from_pretrained(model_dir)
     mesh, sharding_for = _tensor_parallel(cfg, config.tensor_parallel_size)
-    tokenizer_path = resolve_model_path(config.tokenizer) if config.tokenizer else model_dir
-    tokenizer = _load_tokenizer(tokenizer_path) if tokenizer_path and not config.skip_tokenizer_init else None
+    tokenizer_path = resolve_checkpoint(config.tokenizer) if config.tokenizer else model_dir
+    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path and not config.skip_tokenizer_init else None
     max_model_len = resolve_max_model_len(cfg, config.max_model_len)
     dtype = resolve_dtype(config.dtype, cfg)
     if is_preset:
