@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from models.safetensors_io import SafetensorsFile
+from tests.quantization.hf_reference import FP8_MAX, fp8_input_hook, greedy
 from pagedjax import LLM, SamplingParams
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llmc"
@@ -37,7 +38,6 @@ PROMPTS = [[1, 5, 9, 33, 70], [1] + list(range(10, 30)), [7, 7, 100, 3]]  # 21 t
 GREEDY_TOKENS = 24
 ENGINE_ARGS = dict(skip_tokenizer_init=True, dtype="float32", num_kv_blocks=16, max_model_len=64, max_num_seqs=4,
                    max_num_batched_tokens=16)
-FP8_MAX, FP8_MIN_SCALE = 448.0, 1.0 / (448.0 * 512.0)
 
 
 def unpack_last_axis(words: np.ndarray, bits: int, length: int) -> np.ndarray:
@@ -66,25 +66,6 @@ def dequantized64(weights: dict, t: dict) -> np.ndarray:
     return w * scale.reshape(-1, 1) if scale.size > 1 else w * scale.item()
 
 
-def fake_quant_hook(acts: dict, input_scale):
-    """A forward pre-hook quantizing a layer's float32 input to fp8 and back, as vLLM runs W8A8."""
-    import torch
-
-    def hook(module, args):
-        (x,) = args
-        if not acts["dynamic"]:
-            scale = torch.tensor(np.asarray(input_scale, np.float32).item(), dtype=torch.float32)
-            x_q = (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-            return (x_q.to(torch.float32) * scale,)
-        group = acts["group_size"] if acts["strategy"] == "group" else x.shape[-1]
-        xg = x.reshape(*x.shape[:-1], -1, group)  # [..., groups, group]
-        scale = (xg.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=FP8_MIN_SCALE)
-        x_q = (xg / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        return ((x_q.to(torch.float32) * scale).reshape(x.shape),)
-
-    return hook
-
-
 @functools.lru_cache(maxsize=None)
 def hf_reference(name: str):
     """HF's model of the checkpoint (float32) with the exact dequantized weights (and fp8 inputs)."""
@@ -107,8 +88,9 @@ def hf_reference(name: str):
         with torch.no_grad():
             layer.weight.copy_(torch.from_numpy(w64.astype(np.float32)))
         if group.get("input_activations"):
-            layer.register_forward_pre_hook(fake_quant_hook(group["input_activations"], t.get("input_scale")))
-    model.generation_config.eos_token_id = None
+            acts = group["input_activations"]
+            group_size = acts["group_size"] if acts["strategy"] == "group" else None
+            layer.register_forward_pre_hook(fp8_input_hook(acts["dynamic"], group_size, t.get("input_scale")))
     return model
 
 
@@ -131,15 +113,6 @@ def rounding_tie_tokens(name: str) -> list[int]:
     return np.flatnonzero(distance.reshape(len(x), -1).min(axis=1) < 1e-6).tolist()
 
 
-def hf_greedy(name: str, prompts, suppressed: list[int]) -> list[list[int]]:
-    import torch
-
-    model = hf_reference(name)
-    with torch.no_grad():
-        return [model.generate(torch.tensor([p]), max_new_tokens=GREEDY_TOKENS, do_sample=False, pad_token_id=0,
-                               suppress_tokens=suppressed or None)[0, len(p):].tolist() for p in prompts]
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_generate_matches_hf_greedy(name):
     ties = rounding_tie_tokens(name)
@@ -152,5 +125,5 @@ def test_generate_matches_hf_greedy(name):
                             allowed_token_ids=allowed if ties else None)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     got = [list(o.outputs[0].token_ids) for o in outs]
-    assert got == hf_greedy(name, prompts, ties)
+    assert got == greedy(hf_reference(name), prompts, GREEDY_TOKENS, ties)
     assert all(len(set(g)) > 4 for g in got), got  # not collapsed into a repeated token

@@ -17,6 +17,7 @@ from models.loader import abstract_model
 from models.quantization import param_bytes
 from pagedjax import LLM, SamplingParams
 from tests.checkpoints import tokenizer
+from tests.quantization.hf_reference import greedy
 from tests.quantization.packed_checkpoints import PackedSpec, linear_weights, write_packed_checkpoint
 
 TEXTS = ["Return the value", "The quick brown fox jumps over the lazy dog"]  # 27 tokens: chunked at 16
@@ -48,10 +49,7 @@ def hf_greedy(model_dir: str, prompts) -> list[list[int]]:
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    model.generation_config.eos_token_id = None  # ignore_eos: EOS neither stops nor is suppressed
-    with torch.no_grad():
-        return [model.generate(torch.tensor([p]), max_new_tokens=GREEDY_TOKENS, do_sample=False,
-                               pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+    return greedy(model, prompts, GREEDY_TOKENS)
 
 
 # Fused checkpoint layers and the projections the engine splits them into (each keeps a g_idx).
