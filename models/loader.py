@@ -127,12 +127,14 @@ def abstract_model(cfg: ModelConfig, dtype, quantized: Mapping[str, QuantizedMod
 
 
 def quantization_plan(cfg: ModelConfig, dtype, checkpoint_dtypes: Mapping[str, np.dtype] | None = None,
-                      default_scale_dtype: str = "bfloat16") -> dict[str, QuantizedModule]:
+                      default_scale_dtype: str = "bfloat16", float_state: nnx.State | None = None
+                      ) -> dict[str, QuantizedModule]:
     """The quantized layers of `cfg`'s model (`cfg.quantization`; {} when it has none), with
-    the scale dtypes of the checkpoint whose tensors' dtypes are `checkpoint_dtypes`."""
+    the scale dtypes of the checkpoint whose tensors' dtypes are `checkpoint_dtypes`.
+    `float_state`: the float model's abstract state, if built already (`abstract_model`)."""
     if cfg.quantization is None:
         return {}
-    _, state = abstract_model(cfg, dtype)
+    state = abstract_model(cfg, dtype)[1] if float_state is None else float_state
     shapes = {param_name(path): tuple(var.get_value().shape) for path, var in nnx.to_flat_state(state)}
     return plan_quantized_modules(cfg.quantization, weight_map(cfg), shapes, checkpoint_dtypes,
                                   default_scale_dtype)
