@@ -21,6 +21,7 @@ import jax
 from models.presets import PRESETS, preset_config
 from models.quantization.bench import TIMED_SCHEMES, linear_shapes, matmul_timing, param_bytes_table
 from pagedjax.bench.common import environment, write_json
+from pagedjax.config import KV_CACHE_DTYPES
 
 
 def _ints(text: str) -> list[int]:
@@ -36,6 +37,7 @@ def parse_args(argv):
     parser.add_argument("--memory-gib", type=float, default=80.0, help="device memory of the KV budget")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES)
     parser.add_argument("--tokens", type=_ints, default=[16, 256], help="rows of x (decode 16, prefill 256)")
     parser.add_argument("--layers", default="o_proj,gate_proj", help="the preset's layer shapes to time")
     parser.add_argument("--schemes", default=",".join(TIMED_SCHEMES), help="timed schemes")
@@ -76,8 +78,9 @@ def main(argv=None) -> int:
     cfg = preset_config(args.preset)
     budget = f"{args.gpu_memory_utilization} x {args.memory_gib:g} GiB"
     byte_rows = param_bytes_table(PRESETS[args.preset], memory_bytes=int(args.memory_gib * 2**30),
-                                  gpu_memory_utilization=args.gpu_memory_utilization, block_size=args.block_size)
-    print_bytes(byte_rows, args.preset, budget)
+                                  gpu_memory_utilization=args.gpu_memory_utilization, block_size=args.block_size,
+                                  kv_cache_dtype=args.kv_cache_dtype)
+    print_bytes(byte_rows, args.preset, f"{budget} (KV cache {args.kv_cache_dtype})")
     timing_rows = []
     if not args.no_timing:
         shapes = {name: (k, n) for name, k, n in linear_shapes(cfg)}
@@ -95,7 +98,8 @@ def main(argv=None) -> int:
     if args.output_json:
         write_json(dict(environment(), preset=args.preset, memory_budget=budget,
                         memory_bytes=int(args.memory_gib * 2**30), gpu_memory_utilization=args.gpu_memory_utilization,
-                        note="KV blocks: bf16 K/V; budget minus parameters (step activations not counted: the"
+                        kv_cache_dtype=args.kv_cache_dtype,
+                        note="KV blocks: the pool of a bf16 model in kv_cache_dtype; budget minus parameters (step activations not counted: the"
                              " same for every scheme). Timing: CPU figures are only ratios.",
                         param_bytes=byte_rows, matmul_timing=timing_rows), args.output_json)
     return 0

@@ -75,16 +75,18 @@ def model_param_bytes(hf_config: dict, schemes=SCHEMES, dtype=jnp.bfloat16) -> l
 
 
 def param_bytes_table(hf_config: dict, schemes=SCHEMES, *, memory_bytes: int, gpu_memory_utilization: float = 0.9,
-                      block_size: int = 16) -> list[dict]:
+                      block_size: int = 16, kv_cache_dtype: str = "auto") -> list[dict]:
     """One row per scheme: parameter bytes, the ratio to the first (bfloat16) row, and the KV blocks
-    (bfloat16 K/V, `block_size` tokens) that fit in `gpu_memory_utilization * memory_bytes` once
-    the parameters are in, as the runner's memory profile sizes the pool (less the step's
-    activations, which do not depend on how the weights are stored); `kv_blocks_gained` against
-    the first row."""
+    (`block_size` tokens of a bfloat16 model's pool in `kv_cache_dtype`, scales included) that fit
+    in `gpu_memory_utilization * memory_bytes` once the parameters are in, as the runner's memory
+    profile sizes the pool (less the step's activations, which do not depend on how the weights are
+    stored); `kv_blocks_gained` against the first row."""
     from models.config import ModelConfig
+    from pallas_kernels.kv_pool import KVPoolLayout
 
     cfg = ModelConfig.from_hf_dict(hf_config)
-    per_block = block_size * cfg.kv_bytes_per_token(BF16_BYTES)
+    per_block = KVPoolLayout.create(cfg.num_layers, cfg.num_kv_heads, block_size, cfg.head_dim,
+                                    model_dtype=jnp.bfloat16, kv_cache_dtype=kv_cache_dtype).bytes_per_block
     budget = int(memory_bytes * gpu_memory_utilization)
     rows = []
     for scheme, nbytes in zip(schemes, model_param_bytes(hf_config, schemes)):

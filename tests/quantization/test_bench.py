@@ -77,12 +77,18 @@ def test_command_line_prints_both_tables_and_writes_json(tmp_path, capsys, monke
     spec.loader.exec_module(bench)
     monkeypatch.setitem(PRESETS, "tiny-llama", TINY)
     out = tmp_path / "q.json"
-    assert bench.main(["--preset", "tiny-llama", "--memory-gib", "0.01", "--tokens", "8", "--layers", "k_proj",
+    assert bench.main(["--preset", "tiny-llama", "--memory-gib", "0.01", "--kv-cache-dtype", "int8",
+                       "--tokens", "8", "--layers", "k_proj",
                        "--schemes", "int4-g128-sym,fp8-block128-w8a8", "--repeats", "1",
                        "--output-json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["preset"] == "tiny-llama" and report["jax_version"] and "git" in report
     assert [r["scheme"] for r in report["param_bytes"]] == [s.name for s in SCHEMES]
+    # int8 K/V: 16 tokens x (K, V) x 2 layers x 2 kv heads x 64 bytes, and a bf16 scale per token and head
+    per_block = 16 * 2 * 2 * 2 * 64 + 16 * 2 * 2 * 2 * 2
+    budget = int(0.9 * 0.01 * GIB)
+    assert all(r["kv_bytes_per_block"] == per_block and r["kv_blocks"] == (budget - r["param_bytes"]) // per_block
+               for r in report["param_bytes"])
     assert [(r["scheme"], r["shape"]) for r in report["matmul_timing"]] == [
         ("int4-g128-sym", [8, 256, 128]), ("fp8-block128-w8a8", [8, 256, 128])]
     printed = capsys.readouterr().out
