@@ -166,7 +166,7 @@ def matmul_timing(tokens: int, in_features: int, out_features: int, schemes, bac
                   repeats: int = 5, seed: int = 0) -> list[dict]:
     """Rows of the quantized matmul x [tokens, K] bf16 @ W [K, N] (each scheme, each backend of
     `quantized_linear`) against a bf16 x bf16 matmul of the same shape, timed side by side on
-    this device; the bf16 matmul is timed again after the rows and its median over both runs used."""
+    this device; the bf16 matmul is timed before and after the rows (the mean of the two medians)."""
     from models.quantization.linear import quantized_linear
     from models.quantization.weights import QuantizedWeight
 

@@ -7,9 +7,10 @@ its dequantized weights, then gets its KV pool from one budget (`gpu_memory_util
 limit), each model built after the other is gone.
 
 The engine runs the Pallas backend (interpret mode here), as on a GPU: the quantized matmul
-dequantizes tile by tile, so the step's temporaries stay as they were. (On the jnp path XLA
-holds dequantized weights among the step's temporaries, which takes back most of what a
-float32 model this small saves; CPU devices are not profiled, so that path never sizes a pool.)
+dequantizes tile by tile, so the step's temporaries stay as they were. (On the jnp path XLA:CPU
+keeps every layer's dequantized weight among the step's temporaries, as it keeps any per-layer
+weight cast, which takes back what this model saves; CPU devices are not profiled, so that
+path never sizes a pool.)
 """
 
 from __future__ import annotations
