@@ -90,3 +90,18 @@ def test_generate_matches_hf_on_the_dequantized_weights(case, packed):
     assert all(len(set(g)) > 4 for g in got), got  # not collapsed into a repeated token
     _, float_state = abstract_model(ModelConfig.from_pretrained(float_dir), jnp.float32)
     assert param_bytes(float_state) - llm.stats()["param_bytes"] == expected_bytes_saved(float_dir, CASES[case][1])
+
+
+def test_quantized_kv_pool_with_quantized_weights_matches_the_float_model_on_the_same_pool(packed):
+    """Quantized weights beside a quantized (int8, per-token scales) KV pool: the same tokens as
+    the dequantized float checkpoint on a pool of the same kv_cache_dtype."""
+    kv_cache_dtype = "int8"
+    quant_dir, float_dir = packed("awq-g32")
+    prompts = [{"prompt_token_ids": tokenizer()(t).input_ids} for t in TEXTS]
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    got = []
+    for model_dir in (quant_dir, float_dir):
+        llm = LLM(model_dir, kv_cache_dtype=kv_cache_dtype, **ENGINE_ARGS)
+        got.append([list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)])
+        assert llm.stats()["kv_cache_dtype"] == kv_cache_dtype
+    assert got[0] == got[1]
