@@ -138,6 +138,9 @@ class ModelConfig:
     layer_windows: tuple[int | None, ...] | None = None  # per-layer windows; None: every layer `sliding_window`
     clip_qkv: float | None = None  # clamp q, k, v to [-c, c] (OLMo, MPT)
     lm_head_normalized: bool = False  # rows of the LM head normalised at load (Baichuan 2)
+    # --- quantized linear layers (models/quantization/): config.json's quantization_config or
+    # the on-load option; None = every layer float
+    quantization: Any = None  # models.quantization.QuantizationConfig | None
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -185,6 +188,11 @@ class ModelConfig:
             raise ValueError(f"embed_dim must be None or >= 1, got {self.embed_dim}")
         if self.position == "learned" and self.position_offset < 0:
             raise ValueError(f"position_offset must be >= 0, got {self.position_offset}")
+        if self.quantization is not None:
+            from models.quantization.config import QuantizationConfig  # late: keeps this module light
+
+            if not isinstance(self.quantization, QuantizationConfig):
+                raise ValueError(f"quantization must be a QuantizationConfig or None, got {self.quantization!r}")
 
     # ------------------------------------------------------------------ derived
 
@@ -240,8 +248,13 @@ class ModelConfig:
     # ------------------------------------------------------------------ HF configs
 
     @classmethod
-    def from_hf_dict(cls, hf: Mapping[str, Any], **overrides) -> "ModelConfig":
-        """Builds the config from a parsed HF `config.json` through its family's `Architecture`."""
+    def from_hf_dict(cls, hf: Mapping[str, Any], *, quantization: str | None = None, **overrides) -> "ModelConfig":
+        """Builds the config from a parsed HF `config.json` through its family's `Architecture`.
+
+        `quantization`: the engine option (None: the checkpoint's own `quantization_config`, if
+        any; "int8" / "fp8": quantize a float checkpoint on load; or the checkpoint's method).
+        """
+        from models.quantization.config import QuantizationConfig
         from models.registry import get_architecture  # late import: the registry imports the families
 
         archs = hf.get("architectures") or []
@@ -250,7 +263,8 @@ class ModelConfig:
         arch = get_architecture(archs[0])
         fields = dict(arch.config_fields(hf))
         fields.update(architecture=archs[0], torch_dtype=hf.get("dtype") or hf.get("torch_dtype"),
-                      bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos_token_ids(hf))
+                      bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos_token_ids(hf),
+                      quantization=QuantizationConfig.from_hf_config(hf, quantization))
         fields.update(overrides)
         return cls(**fields)
 

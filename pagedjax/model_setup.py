@@ -1,7 +1,8 @@
 """The first stage of building an engine: `EngineConfig` -> a `LoadedModel`.
 
 Resolves the model (a checkpoint directory, a hub id, or a preset with random weights made on
-the device), its config, the tokenizer, the tensor-parallel mesh, the dtype, the context
+the device), its config (with its quantization: the checkpoint's, or `quantization="int8" |
+"fp8"` on load; quantized matmuls on the Pallas kernel where attention runs it), the tokenizer, the tensor-parallel mesh, the dtype, the context
 length and the EOS ids, and loads the parameters (each tensor straight to its device or
 shards). Nothing is loaded twice; the runner and the scheduler are built from the result.
 """
@@ -19,6 +20,7 @@ import jax
 
 from models.config import ModelConfig
 from models.loader import load_params, resolve_dtype
+from models.quantization.linear import backend_for_attention
 from models.presets import PRESETS, preset_config, random_params
 from models.sharding import check_tensor_parallel, make_mesh, param_sharding_fn
 from pagedjax.config import EngineConfig
@@ -138,11 +140,14 @@ def load_model(config: EngineConfig) -> LoadedModel:
     model = resolve_default_model(config.model)  # None / "default" / DEFAULT_MODEL_NAME: the shipped model
     is_preset = model in PRESETS and not os.path.isdir(model)
     if is_preset:  # real shapes, random weights made on the device, no tokenizer
+        if config.quantization is not None:
+            raise ValueError(f"quantization={config.quantization!r} needs a checkpoint; preset {model!r} has"
+                             " random float weights")
         model_dir, cfg = None, preset_config(model)
     else:  # friendly errors (model_checks) for a missing directory, config, weights or tokenizer
         model_dir = resolve_checkpoint(model)
         check_checkpoint_dir(model_dir)
-        cfg = ModelConfig.from_pretrained(model_dir)
+        cfg = ModelConfig.from_pretrained(model_dir, quantization=config.quantization)
     mesh, sharding_for = _tensor_parallel(cfg, config.tensor_parallel_size)
     tokenizer_path = resolve_checkpoint(config.tokenizer) if config.tokenizer else model_dir
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path and not config.skip_tokenizer_init else None
@@ -151,7 +156,9 @@ def load_model(config: EngineConfig) -> LoadedModel:
     if is_preset:
         graphdef, params = random_params(cfg, dtype, seed=config.seed, sharding_for=sharding_for)
     else:  # safetensors, or an orbax checkpoint of `pagedjax convert`
-        graphdef, params = load_params(cfg, model_dir, dtype, sharding_for=sharding_for)
+        linear_backend = backend_for_attention(config.resolved_backend(jax.default_backend()))
+        graphdef, params = load_params(cfg, model_dir, dtype, sharding_for=sharding_for,
+                                       linear_backend=linear_backend)
     tok_eos = tokenizer.eos_token_id if tokenizer is not None else None
     eos = tok_eos if tok_eos is not None else (cfg.eos_token_ids or (None,))[0]
     extra = set(_generation_eos_ids(model_dir) if model_dir else ()) | set(cfg.eos_token_ids)
