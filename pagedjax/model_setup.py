@@ -110,6 +110,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
     else:
         model_dir = resolve_model_path(model)
         cfg = ModelConfig.from_pretrained(model_dir)
+    cfg = cfg.with_expert_parallel(config.enable_expert_parallel)
     mesh, sharding_for = _tensor_parallel(cfg, config.tensor_parallel_size)
     tokenizer_path = resolve_model_path(config.tokenizer) if config.tokenizer else model_dir
     tokenizer = _load_tokenizer(tokenizer_path) if tokenizer_path and not config.skip_tokenizer_init else None
