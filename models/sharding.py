@@ -244,8 +244,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def param_bytes_per_device(cfg: ModelConfig, dtype, tp: int) -> dict[str, int]:
     """Parameter bytes of `cfg` in `dtype`: `total`, and what each of `tp` devices holds
-    (`per_device`; of it `experts_per_device`, the stacked experts' share) under the partition
-    rules (`cfg.moe.expert_parallel` picks the experts' layout). Allocates nothing."""
+    (`per_device`) under the partition rules (`cfg.moe.expert_parallel` picks the experts'
+    layout); of them the routed experts' (`experts_total`, `experts_per_device`). Every device
+    holds the same bytes (every split is even). Allocates nothing."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -254,7 +255,7 @@ def param_bytes_per_device(cfg: ModelConfig, dtype, tp: int) -> dict[str, int]:
     check_tensor_parallel(cfg, tp)
     itemsize = jnp.dtype(dtype).itemsize
     _, state = abstract_model(cfg, dtype)
-    total = per_device = experts = 0
+    total = per_device = experts = experts_total = 0
     for path, var in nnx.to_flat_state(state):
         shape = var.get_value().shape
         spec = tuple(partition_spec(cfg, path, tp)) + (None,) * len(shape)
@@ -263,4 +264,5 @@ def param_bytes_per_device(cfg: ModelConfig, dtype, tp: int) -> dict[str, int]:
         per_device += local * itemsize
         if "experts" in (str(p) for p in path):
             experts += local * itemsize
-    return {"total": total, "per_device": per_device, "experts_per_device": experts}
+            experts_total += int(np.prod(shape)) * itemsize
+    return {"total": total, "per_device": per_device, "experts_total": experts_total, "experts_per_device": experts}
