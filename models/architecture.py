@@ -58,7 +58,8 @@ MOE_RULES: tuple[tuple[str, str], ...] = (
     (r"self_attn\.sinks", HEADS),
 )
 
-DEFAULT_IGNORED = (r".*rotary_emb\.inv_freq$",)
+# Buffers, not parameters: rotary tables, and an fp8 KV cache's scales (read by pagedjax/model_setup.py).
+DEFAULT_IGNORED = (r".*rotary_emb\.inv_freq$", r".*layers\.\d+\..*\b(k_scale|v_scale|kv_scale)$")
 
 
 def _same_name(name: str) -> str:

@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from pagedjax.model_step import copy_blocks, input_layout, packed_size, sharded_copy_blocks, step_function
+import pallas_kernels as pk
+from pagedjax.model_step import input_layout, packed_size, sharded_copy_blocks, step_function
 from pagedjax.sampler import SAMPLING_FIELDS, SamplingTensors
 from pagedjax.step_shapes import StepBuckets, StepShape
 
@@ -24,7 +25,7 @@ from pagedjax.step_shapes import StepBuckets, StepShape
 class CompiledSteps:
     """The compiled steps (and block copies) of one runner.
 
-    `pool_struct(num_blocks)` gives the pool's ShapeDtypeStruct (with its sharding);
+    `pool_struct(num_blocks)` gives the pool's abstract `KVPool` (ShapeDtypeStructs with shardings);
     `num_blocks()` the allocated pool's size; `params` the parameter tree (for its abstract shapes).
     """
 
@@ -81,7 +82,7 @@ class CompiledSteps:
         fn = self._compiled.get(key)
         if fn is None:
             spec = self.host_arg((num_pairs,), jnp.int32)
-            copy = copy_blocks if self._mesh is None else functools.partial(sharded_copy_blocks, self._mesh)
+            copy = pk.copy_blocks if self._mesh is None else functools.partial(sharded_copy_blocks, self._mesh)
             fn = self._compiled[key] = jax.jit(copy, donate_argnums=(0,)).lower(
                 self._pool_struct(self._num_blocks()), spec, spec).compile()
             self.num_compiles += 1
@@ -106,8 +107,9 @@ class CompiledSteps:
         """The compiled step's memory analysis: temporaries against the KV pool's size (both per
         device under tensor parallelism)."""
         analysis = self.get(shape).memory_analysis()
-        pool = self._pool_struct(self._num_blocks())
-        shard = pool.sharding.shard_shape(pool.shape) if pool.sharding is not None else pool.shape
-        pool_bytes = int(jnp.dtype(pool.dtype).itemsize * functools.reduce(lambda a, b: a * b, shard, 1))
+        pool_bytes = 0
+        for leaf in jax.tree.leaves(self._pool_struct(self._num_blocks())):
+            shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+            pool_bytes += int(jnp.dtype(leaf.dtype).itemsize * functools.reduce(lambda a, b: a * b, shard, 1))
         return dict(temp_bytes=int(analysis.temp_size_in_bytes), argument_bytes=int(analysis.argument_size_in_bytes),
                     kv_pool_bytes=pool_bytes)

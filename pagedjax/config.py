@@ -13,7 +13,8 @@ import typing
 SUPPORTED_BLOCK_SIZES = (8, 16, 32, 64)
 ATTENTION_BACKENDS = ("auto", "pallas", "reference", "pallas_interpret")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-KV_CACHE_DTYPES = ("auto",)
+# vLLM's kv_cache_dtype names (pallas_kernels/kv_pool.py; a test keeps the two equal)
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "int8")
 # vLLM's defaults of max_num_batched_tokens: the offline LLM's, and the API server's.
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 DEFAULT_SERVER_MAX_NUM_BATCHED_TOKENS = 2048
@@ -38,7 +39,9 @@ class EngineConfig:
     skip_tokenizer_init: bool = option(False, "load no tokenizer: prompts as token ids, outputs without text")
     dtype: str = option("auto", "weights and activations: auto (the checkpoint's), float32, bfloat16 or float16",
                          choices=DTYPES)
-    kv_cache_dtype: str = option("auto", "KV cache dtype: auto (the model's dtype)", choices=KV_CACHE_DTYPES)
+    kv_cache_dtype: str = option("auto", "KV cache dtype: auto (the model's), fp8 (= fp8_e4m3), fp8_e5m2 (both with "
+                                         "per-layer scales from the checkpoint's k_scale/v_scale, else 1.0) or "
+                                         "int8 (per-token scales kept beside the blocks)", choices=KV_CACHE_DTYPES)
     seed: int = option(0, "seed of the engine's random stream (requests may carry their own)")
     max_model_len: int | None = option(None, "context length, prompt and output (default: the model's)")
     block_size: int = option(16, "tokens per KV-cache block", choices=SUPPORTED_BLOCK_SIZES)

@@ -21,7 +21,7 @@ import jax
 from pagedjax.config import EngineConfig
 from pagedjax.engine_core import EngineCore, StepFailed
 from pagedjax.logit_controls import ConstraintFactory
-from pagedjax.model_setup import LoadedModel, load_model
+from pagedjax.model_setup import LoadedModel, every_layer_window, load_model
 from pagedjax.output_processor import OutputProcessor
 from pagedjax.outputs import RequestOutput
 from pagedjax.runner import ModelRunner
@@ -68,7 +68,7 @@ class LLMEngine:
             loaded.graphdef, loaded.params, loaded.model_config, block_size=config.block_size,
             max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens, backend=self.backend, kv_dtype=loaded.dtype,
-            seed=config.seed, mesh=self.mesh)
+            seed=config.seed, mesh=self.mesh, kv_cache_dtype=config.kv_cache_dtype, kv_scales=loaded.kv_scales)
         num_blocks = config.num_kv_blocks or self.runner.profile_num_blocks(config.gpu_memory_utilization,
                                                                             config.kv_cache_memory_bytes)
         if num_blocks * config.block_size < self.max_model_len:
@@ -82,7 +82,7 @@ class LLMEngine:
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
             max_model_len=self.max_model_len, block_size=config.block_size, num_blocks=num_blocks,
-            enable_prefix_caching=config.enable_prefix_caching))
+            enable_prefix_caching=config.enable_prefix_caching, sliding_window=every_layer_window(self.model_config)))
         self.core = EngineCore(self.scheduler, self.runner, async_scheduling=config.async_scheduling)
         self.processor = OutputProcessor(self.tokenizer)
         self.constraints = ConstraintFactory(self.tokenizer, self.model_config.vocab_size,
@@ -266,7 +266,8 @@ class LLMEngine:
     def stats(self) -> dict:
         """Counters: KV blocks, preemptions, prefix-cache queries/hits (tokens), compiles, timing."""
         s = dict(self.scheduler.stats())
-        s.update(num_compiles=self.runner.steps.num_compiles, compile_seconds=self.runner.steps.compile_seconds,
+        s.update(kv_cache_dtype=self.config.kv_cache_dtype, kv_bytes_per_block=self.runner.bytes_per_block(),
+                 num_compiles=self.runner.steps.num_compiles, compile_seconds=self.runner.steps.compile_seconds,
                  num_steps=self.num_steps, host_seconds=self.host_seconds, attention_backend=self.backend,
                  max_model_len=self.max_model_len, startup_seconds=self.startup_seconds,
                  load_seconds=self.load_seconds, tensor_parallel_size=self.config.tensor_parallel_size,

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 
 import jax
@@ -38,6 +39,7 @@ class LoadedModel:
     graphdef: object
     params: object
     max_model_len: int
+    kv_scales: tuple | None  # an fp8 KV cache's (k_scale, v_scale) f32[num_layers] from the checkpoint
     eos_token_id: int | None  # the tokenizer's (else the config's first)
     extra_eos_ids: tuple[int, ...]  # generation_config.json's and the config's other EOS ids
     load_seconds: float
@@ -82,19 +84,54 @@ def _tensor_parallel(cfg: ModelConfig, tp: int):
 
 
 def resolve_max_model_len(cfg: ModelConfig, requested: int | None) -> int:
+    """The context length: the model's (max_position_embeddings; sliding windows do not cap it:
+    the kernels attend within each layer's window) unless a shorter one is requested."""
     derived = cfg.max_position_embeddings
-    if cfg.sliding_window is not None and cfg.sliding_window < derived:
-        # NOTE: the kernels attend to the whole context; beyond the window that would differ
-        # from the model's definition, so the context is capped at the window (as vLLM once did).
-        logger.warning("sliding_window %d < max_position_embeddings %d: capping max_model_len to %d",
-                       cfg.sliding_window, derived, cfg.sliding_window)
-        derived = cfg.sliding_window
     if requested is None:
         return derived
     if requested > derived:
         raise ValueError(f"max_model_len ({requested}) is larger than the model's maximum context "
-                         f"({derived}: max_position_embeddings or sliding window)")
+                         f"({derived}: max_position_embeddings)")
     return requested
+
+
+def every_layer_window(cfg: ModelConfig) -> int | None:
+    """The window when every layer attends to a sliding window (the scheduler then gives back
+    blocks outside it), else None."""
+    windows = cfg.layer_sliding_windows()
+    return max(windows) if windows and all(w is not None for w in windows) else None
+
+
+def checkpoint_kv_scales(model_dir: str | None, num_layers: int) -> tuple | None:
+    """(k_scale, v_scale) f32[num_layers] from a checkpoint that ships them (vLLM's
+    `model.layers.N.self_attn.{k,v}_scale`; the older `kv_scale` serves both), else None."""
+    if model_dir is None:
+        return None
+    import numpy as np
+
+    from models.loader import checkpoint_files
+    from models.safetensors_io import SafetensorsFile
+
+    found: dict[tuple[int, str], float] = {}
+    pattern = re.compile(r".*layers\.(\d+)\..*\b(k_scale|v_scale|kv_scale)$")
+    try:
+        files = checkpoint_files(model_dir)
+    except (FileNotFoundError, ValueError):
+        return None  # an orbax checkpoint of `pagedjax convert`
+    for path in files:
+        st = SafetensorsFile(path)
+        for name in st.names():
+            match = pattern.match(name)
+            if match:
+                layer, kind = int(match.group(1)), match.group(2)
+                value = float(np.asarray(st.get(name), np.float32).reshape(-1)[0])
+                for k in (("k_scale", "v_scale") if kind == "kv_scale" else (kind,)):
+                    found[(layer, k)] = value
+    if not found:
+        return None
+    default = 1.0
+    return tuple(np.array([found.get((i, k), default) for i in range(num_layers)], np.float32)
+                 for k in ("k_scale", "v_scale"))
 
 
 def load_model(config: EngineConfig) -> LoadedModel:
@@ -123,5 +160,6 @@ def load_model(config: EngineConfig) -> LoadedModel:
     tok_eos = tokenizer.eos_token_id if tokenizer is not None else None
     eos = tok_eos if tok_eos is not None else (cfg.eos_token_ids or (None,))[0]
     extra = set(_generation_eos_ids(model_dir) if model_dir else ()) | set(cfg.eos_token_ids)
-    return LoadedModel(config, cfg, model_dir, tokenizer, mesh, dtype, graphdef, params, max_model_len, eos,
-                       tuple(sorted(extra - {eos})), time.perf_counter() - start)
+    kv_scales = checkpoint_kv_scales(model_dir, cfg.num_layers) if config.kv_cache_dtype.startswith("fp8") else None
+    return LoadedModel(config, cfg, model_dir, tokenizer, mesh, dtype, graphdef, params, max_model_len, kv_scales,
+                       eos, tuple(sorted(extra - {eos})), time.perf_counter() - start)

@@ -1,4 +1,4 @@
-"""The functions that run on the device: one engine step, and copy-on-write block copies.
+"""The functions that run on the device: one engine step, and sharded copy-on-write block copies.
 
 `engine_step` is jitted once per `StepShape` (the runner compiles it ahead of time with the KV
 pool donated): it feeds the previous step's sampled tokens into this step's inputs where the
@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
+import pallas_kernels as pk
 from models.attention import PagedAttentionMetadata, PagedKVCache
 from models.sharding import TP_AXIS, kv_pool_sharding, replicated, shard_map
 from pagedjax.config import MAX_LOGPROBS
@@ -133,12 +134,8 @@ def step_function(graphdef, backend: str, mesh: Mesh | None, shape, carry_len: i
                              shape.prompt_logprobs, carry_len, input_layout(shape))
 
 
-def copy_blocks(kv_pool, src, dst):
-    """kv_pool[:, :, :, dst] = kv_pool[:, :, :, src] (copy-on-write), in place when donated."""
-    return kv_pool.at[:, :, :, dst].set(kv_pool[:, :, :, src])
-
-
 def sharded_copy_blocks(mesh: Mesh, kv_pool, src, dst):
-    """`copy_blocks` on each device's slice of the kv-head axis (no data crosses devices)."""
+    """Copy-on-write (`pallas_kernels.copy_blocks`: blocks dst become copies of blocks src, scales
+    included) on each device's slice of the kv-head axis (no data crosses devices)."""
     pool_spec, rep = PartitionSpec(None, None, TP_AXIS), PartitionSpec()
-    return shard_map(copy_blocks, mesh, in_specs=(pool_spec, rep, rep), out_specs=pool_spec)(kv_pool, src, dst)
+    return shard_map(pk.copy_blocks, mesh, in_specs=(pool_spec, rep, rep), out_specs=pool_spec)(kv_pool, src, dst)

@@ -35,6 +35,7 @@ from pagedjax.config import DEFAULT_CPU_KV_CACHE_BYTES
 from pagedjax.input_batch import CachedRequest, InputBatch, StepPlan, build_step_inputs, columns_tensors
 from pagedjax.model_step import input_layout, pack_inputs
 from pagedjax.compiled_steps import CompiledSteps
+from pallas_kernels.kv_pool import KVPool, KVPoolLayout
 from pagedjax.step_shapes import StepBuckets, pow2_at_least
 
 
@@ -81,10 +82,13 @@ class ModelRunner:
 
     def __init__(self, graphdef, params, config: ModelConfig, *, block_size: int, max_model_len: int,
                  max_num_seqs: int, max_num_batched_tokens: int, backend: str, kv_dtype, seed: int = 0,
-                 mesh: Mesh | None = None, num_blocks: int | None = None):
+                 mesh: Mesh | None = None, num_blocks: int | None = None, kv_cache_dtype: str = "auto",
+                 kv_scales: tuple | None = None):
         """`mesh`: the tensor-parallel mesh (`tp` axis) the parameters are sharded over; None = one
         device. `num_blocks`: allocate the KV pool now (else `profile_num_blocks`, then
-        `allocate_kv_cache`)."""
+        `allocate_kv_cache`). `kv_cache_dtype`: "auto" (the model dtype `kv_dtype`), "fp8",
+        "fp8_e4m3", "fp8_e5m2" or "int8" (pallas_kernels/kv_pool.py); `kv_scales`: an fp8 pool's
+        static (k_scale, v_scale), per layer or per layer and KV head (default 1.0, as vLLM)."""
         self.graphdef, self.params, self.config, self.mesh = graphdef, params, config, mesh
         self.block_size, self.backend, self.max_num_seqs = block_size, backend, max_num_seqs
         self.max_model_len = max_model_len
@@ -92,7 +96,9 @@ class ModelRunner:
         self.buckets = StepBuckets(max_num_seqs, max_num_batched_tokens, self.max_blocks_per_seq,
                                    full_width_tables=backend == "pallas")
         self.tp = 1 if mesh is None else mesh.shape[TP_AXIS]
-        self._kv_dtype = kv_dtype
+        self.kv_layout = KVPoolLayout.create(config.num_layers, pool_kv_heads(config, self.tp), block_size,
+                                             config.head_dim, model_dtype=kv_dtype, kv_cache_dtype=kv_cache_dtype)
+        self._kv_scales = kv_scales
         self._host_sharding = None if mesh is None else replicated(mesh)
         self._seed = seed & 0xFFFFFFFF
         self.steps = CompiledSteps(graphdef, params, backend=backend, mesh=mesh, buckets=self.buckets,
@@ -133,13 +139,10 @@ class ModelRunner:
 
     # ----------------------------------------------------------------------------- memory
 
-    def _pool_shape(self, num_blocks: int) -> tuple[int, ...]:
-        cfg = self.config
-        return (cfg.num_layers, 2, pool_kv_heads(cfg, self.tp), num_blocks, self.block_size, cfg.head_dim)
-
     def bytes_per_block(self) -> int:
-        """One device's bytes of one KV block (its share of the kv heads under tensor parallelism)."""
-        return int(np.prod(self._pool_shape(1))) * np.dtype(self._kv_dtype).itemsize // self.tp
+        """One device's bytes of one KV block (its share of the kv heads under tensor parallelism),
+        dequantization scales included."""
+        return self.kv_layout.bytes_per_block // self.tp
 
     def profile_num_blocks(self, gpu_memory_utilization: float, kv_cache_memory_bytes: int | None) -> int:
         """KV blocks that fit: `kv_cache_memory_bytes` per device when given; else
@@ -150,13 +153,13 @@ class ModelRunner:
         decides (over several hosts, the tightest host: every process builds the same pool)."""
         per_block = self.bytes_per_block()
         if kv_cache_memory_bytes is not None:
-            return max(1, kv_cache_memory_bytes // per_block)
+            return max(1, self.kv_layout.num_blocks_for_bytes(kv_cache_memory_bytes * self.tp))
         max_useful = self.max_blocks_per_seq * self.max_num_seqs
         devices = [jax.devices()[0]] if self.mesh is None else [
             d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
         stats = device_memory_stats(devices)
         if not all(st and "bytes_limit" in st for st in stats):
-            return max(1, min(DEFAULT_CPU_KV_CACHE_BYTES // per_block, max_useful))
+            return max(1, min(self.kv_layout.num_blocks_for_bytes(DEFAULT_CPU_KV_CACHE_BYTES * self.tp), max_useful))
         largest = self.steps.shape(self.buckets.token_buckets[-1], 1, self.max_blocks_per_seq, False)
         compiled = self.steps.compile(largest, num_blocks=1)
         temp = int(compiled.memory_analysis().temp_size_in_bytes)  # per device for a partitioned step
@@ -179,16 +182,15 @@ class ModelRunner:
         self.num_blocks = num_blocks
         self.kv_pool = self._new_pool(num_blocks)
 
-    def _new_pool(self, num_blocks: int):
+    def _new_pool(self, num_blocks: int) -> KVPool:
         """A zeroed pool (with tp: the kv-head axis sharded, created in place on each device)."""
-        shape, dtype = self._pool_shape(num_blocks), self._kv_dtype
-        if self.mesh is None:
-            return jnp.zeros(shape, dtype)
-        return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=kv_pool_sharding(self.mesh))()
+        pool = self.kv_layout.allocate(num_blocks, None if self.mesh is None else kv_pool_sharding(self.mesh))
+        if self._kv_scales is not None:
+            pool = pool.with_scales(*self._kv_scales)
+        return pool
 
-    def _pool_struct(self, num_blocks: int) -> jax.ShapeDtypeStruct:
-        sharding = None if self.mesh is None else kv_pool_sharding(self.mesh)
-        return jax.ShapeDtypeStruct(self._pool_shape(num_blocks), self._kv_dtype, sharding=sharding)
+    def _pool_struct(self, num_blocks: int) -> KVPool:
+        return self.kv_layout.abstract(num_blocks, None if self.mesh is None else kv_pool_sharding(self.mesh))
 
     # ----------------------------------------------------------------------------- execution
 

@@ -1,12 +1,9 @@
-"""Pieces shared by the attention kernels: validation, padding helpers, online softmax.
+"""Host-side pieces shared by the attention kernels and references: supported shapes,
+argument validation (`ValueError` naming the argument), the attention spec and its per-head
+arrays, tuning-knob checks, `resolve_interpret`.
 
-Three groups, top to bottom:
-  * host-side: supported shapes, argument validation (`ValueError` naming the argument),
-    tuning-knob checks, `resolve_interpret`;
-  * in-kernel (traced inside Pallas kernel bodies, lowered by Triton): head-dim lanes,
-    `attend_kv_tile` (gather one KV tile through the block table + one online-softmax
-    step), `finish_rows`;
-  * reference (plain jnp): `gather_pages`, `reference_attention`.
+In-kernel pieces live in `_tile.py`, the jnp reference math in `_reference.py`, tile sizing
+against the GPU's limits in `tiles.py`.
 """
 
 from __future__ import annotations
@@ -16,9 +13,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from pallas_kernels._compat import TritonCompilerParams, dot, load
+from pallas_kernels._compat import TritonCompilerParams
+from pallas_kernels.attention_spec import AttentionSpec
+from pallas_kernels.kv_pool import FP8_DTYPES, PER_TOKEN, KVPool, KVPoolLayout, LayerKV
 
 # NOTE: head dims that are not powers of two run padded to the next power of two inside the
 # kernels (masked loads); the KV pool itself is never padded.
@@ -65,9 +63,6 @@ class AttentionDims:
     def head_dim_pad(self) -> int:  # Triton tiles need powers of two
         return next_pow2(self.head_dim)
 
-    def softmax_scale(self, sm_scale: float | None) -> float:
-        return self.head_dim ** -0.5 if sm_scale is None else float(sm_scale)
-
 
 def _check_int32(name: str, x, shape: tuple[int, ...] | None, ndim: int) -> None:
     if x.ndim != ndim:
@@ -110,8 +105,9 @@ def validate_attention_args(q, pages_shape, pages_dtype, block_tables, kv_lens,
     if num_q_heads % num_kv_heads:
         raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads"
                          f" ({num_kv_heads})")
-    if q.dtype != pages_dtype:
-        raise ValueError(f"dtype mismatch: q is {q.dtype}, the KV pages are {pages_dtype}")
+    if q.dtype != pages_dtype and not is_quantized(pages_dtype):
+        raise ValueError(f"dtype mismatch: q is {q.dtype}, the KV pages are {pages_dtype}"
+                         " (pools are stored in the model's dtype, fp8 or int8)")
     if kernel:
         if head_dim not in SUPPORTED_HEAD_DIMS:
             raise ValueError(f"head_dim {head_dim} is not supported (supported: "
@@ -133,6 +129,46 @@ def validate_attention_args(q, pages_shape, pages_dtype, block_tables, kv_lens,
                          block_tables.shape[1])
 
 
+def is_quantized(dtype) -> bool:
+    """fp8 / int8 storage: the kernels dequantize it to q's dtype."""
+    return jnp.dtype(dtype) in FP8_DTYPES or jnp.dtype(dtype) == jnp.int8
+
+
+def resolve_spec(spec: AttentionSpec | None, sm_scale, head_dim: int) -> AttentionSpec:
+    """The call's spec: `spec`, or plain attention at `sm_scale` (default head_dim ** -0.5)."""
+    if spec is None:
+        return AttentionSpec(sm_scale=head_dim ** -0.5 if sm_scale is None else float(sm_scale))
+    if not isinstance(spec, AttentionSpec):
+        raise ValueError(f"spec must be an AttentionSpec, got {type(spec).__name__}")
+    if sm_scale is not None:
+        raise ValueError("pass either spec or sm_scale, not both (the spec carries sm_scale)")
+    return spec
+
+
+def validate_head_arrays(spec: AttentionSpec, num_q_heads: int, alibi_slopes, sinks):
+    """ALiBi slopes and sinks: f32[num_q_heads] exactly when the spec uses them.
+
+    Returns them as float32 (None where the spec does not use them).
+    """
+    out = []
+    for name, value, used in (("alibi_slopes", alibi_slopes, spec.use_alibi),
+                              ("sinks", sinks, spec.use_sinks)):
+        flag = "use_alibi" if name == "alibi_slopes" else "use_sinks"
+        if not used:
+            if value is not None:
+                raise ValueError(f"{name} given but spec.{flag} is False")
+            out.append(None)
+            continue
+        if value is None:
+            raise ValueError(f"spec.{flag} needs {name} f32[num_q_heads={num_q_heads}]")
+        if getattr(value, "shape", None) != (num_q_heads,) or not jnp.issubdtype(value.dtype, jnp.floating):
+            raise ValueError(f"{name} must be a float array of shape ({num_q_heads},) (one per query"
+                             f" head), got {getattr(value, 'dtype', type(value).__name__)}"
+                             f"{list(getattr(value, 'shape', ()))}")
+        out.append(jnp.asarray(value, jnp.float32))
+    return tuple(out)
+
+
 def validate_pages(k_pages, v_pages) -> None:
     """k_pages, v_pages: [num_kv_heads, num_blocks, block_size, head_dim], same shape and dtype."""
     if k_pages.ndim != 4:
@@ -143,10 +179,35 @@ def validate_pages(k_pages, v_pages) -> None:
                          f" {k_pages.shape} {k_pages.dtype}")
 
 
-def pages_to_pool(k_pages, v_pages):
-    """[num_kv_heads, num_blocks, block_size, head_dim] x2 -> a one-layer pool [1, 2, ...]."""
+def pages_to_layer(k_pages, v_pages, k_scales=None, v_scales=None) -> LayerKV:
+    """Per-layer pages [num_kv_heads, num_blocks, block_size, head_dim] x2 and, for fp8 / int8
+    pages, their scales (f32[Hkv], default 1.0 / bf16[Hkv, num_blocks, block_size]) as a `LayerKV`."""
     validate_pages(k_pages, v_pages)
-    return jnp.stack([k_pages, v_pages])[None]
+    if (k_scales is None) != (v_scales is None):
+        raise ValueError("give both k_scales and v_scales, or neither")
+    layout = KVPoolLayout(1, k_pages.shape[0], k_pages.shape[2], k_pages.shape[3], k_pages.dtype)
+    shape = layout.scale_shape(k_pages.shape[1])
+    if shape is None:
+        if k_scales is not None:
+            raise ValueError(f"{k_pages.dtype} pages take no k_scales / v_scales")
+        return LayerKV(k_pages, v_pages, None, None)
+    expected = shape[2:]
+    if k_scales is None:
+        if layout.scale_kind == PER_TOKEN:
+            raise ValueError(f"int8 pages need k_scales and v_scales {layout.scale_dtype}{list(expected)}")
+        k_scales = v_scales = jnp.ones(expected, jnp.float32)  # vLLM's default fp8 scale
+    for name, s in (("k_scales", k_scales), ("v_scales", v_scales)):
+        if s.shape != expected or s.dtype != layout.scale_dtype:
+            raise ValueError(f"{name} must be {layout.scale_dtype}{list(expected)} for {k_pages.dtype}"
+                             f" pages, got {s.dtype}{list(s.shape)}")
+    return LayerKV(k_pages, v_pages, k_scales, v_scales)
+
+
+def pages_to_pool(k_pages, v_pages, k_scales=None, v_scales=None) -> KVPool:
+    """`pages_to_layer`'s arrays stacked into a one-layer `KVPool` (the kernels' layout)."""
+    layer = pages_to_layer(k_pages, v_pages, k_scales, v_scales)
+    scales = None if layer.k_scales is None else jnp.stack([layer.k_scales, layer.v_scales])[None]
+    return KVPool(jnp.stack([k_pages, v_pages])[None], scales)
 
 
 def check_tile(name: str, value: int, minimum: int = 1) -> int:
@@ -158,128 +219,7 @@ def check_tile(name: str, value: int, minimum: int = 1) -> int:
 
 def compiler_params(num_warps: int, num_stages: int):
     """Triton compiler params; passing them is what selects Pallas' Triton backend on GPU."""
-    check_tile("num_warps", num_warps)
+    check_tile("num_warps", num_warps)  # NOTE: its upper bound is the target's (tiles.check_fits)
     if not isinstance(num_stages, (int, np.integer)) or num_stages < 1:
         raise ValueError(f"num_stages must be an int >= 1, got {num_stages!r}")
     return TritonCompilerParams(num_warps=int(num_warps), num_stages=int(num_stages))
-
-
-# ----------------------------------------------------------------------------- in-kernel
-
-
-def head_dim_lanes(head_dim: int):
-    """Lanes of a padded head dim: (clamped index i32[Dp], valid bool[Dp]), Dp = next_pow2."""
-    d = jnp.arange(next_pow2(head_dim), dtype=jnp.int32)
-    return jnp.minimum(d, head_dim - 1), d < head_dim
-
-
-def store_index(index, ok, size: int):
-    """Index for a masked store: `index` where ok, else out of bounds (`size`).
-
-    NOTE: loads may clamp masked lanes onto valid indices, stores must not: interpret mode
-    discharges a masked store as read-select-scatter, and a masked lane aliasing a real one
-    would scatter the old value over the new. Out-of-bounds lanes are dropped there and are
-    never touched on GPU (masked).
-    """
-    return jnp.where(ok, index, size)
-
-
-def _dot_precision(dtype):
-    # NOTE: Triton's default f32 dot is TF32 (10-bit mantissa); ask for IEEE f32 instead.
-    return lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
-
-
-def init_softmax_state(rows: int, head_dim_pad: int):
-    """(acc f32[rows, Dp], running max f32[rows], running sum f32[rows])."""
-    return (jnp.zeros((rows, head_dim_pad), jnp.float32),
-            jnp.full((rows,), MASK_VALUE, jnp.float32),
-            jnp.zeros((rows,), jnp.float32))
-
-
-def attend_kv_tile(state, q, kv_pool_ref, block_tables_ref, *, layer: int, seq, kv_head,
-                   kv_start, kv_end, block_kv: int, sm_scale: float, query_pos=None):
-    """One online-softmax step of `q` over keys [kv_start, kv_start + block_kv) of `seq`.
-
-    q: [rows, Dp] (q dtype, zero in padded lanes); state from `init_softmax_state`.
-    kv_pool_ref: [num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim]
-    block_tables_ref: i32[num_seqs, max_blocks_per_seq]
-    Keys at positions >= kv_end are neither read nor attended; with `query_pos` (i32[rows])
-    the step is causal: row r sees keys <= query_pos[r].
-    NOTE: only block-table entries of pages below cdiv(kv_end, block_size) address K/V.
-    """
-    acc, m_prev, l_prev = state
-    _, _, _, _, block_size, head_dim = kv_pool_ref.shape
-    max_blocks = block_tables_ref.shape[1]
-    d_idx, d_ok = head_dim_lanes(head_dim)
-
-    key_pos = kv_start + jnp.arange(block_kv, dtype=jnp.int32)  # i32[block_kv]
-    key_ok = key_pos < kv_end  # bool[block_kv]
-    page = jnp.minimum(key_pos // block_size, max_blocks - 1)
-    block_ids = load(block_tables_ref.at[seq, page])  # i32[block_kv]
-    rows_idx = (block_ids[:, None], (key_pos % block_size)[:, None], d_idx[None, :])
-    lanes_ok = key_ok[:, None] & d_ok[None, :]  # [block_kv, Dp]
-    k = load(kv_pool_ref.at[(layer, 0, kv_head) + rows_idx], mask=lanes_ok, other=0)
-    v = load(kv_pool_ref.at[(layer, 1, kv_head) + rows_idx], mask=lanes_ok, other=0)
-
-    precision = _dot_precision(q.dtype)
-    logits = dot(q, k, trans_b=True, precision=precision) * sm_scale  # f32[rows, block_kv]
-    visible = jnp.broadcast_to(key_ok[None, :], logits.shape)
-    if query_pos is not None:
-        visible = visible & (key_pos[None, :] <= query_pos[:, None])
-    logits = jnp.where(visible, logits, MASK_VALUE)
-    m_next = jnp.maximum(m_prev, logits.max(axis=1))  # f32[rows]
-    alpha = jnp.exp(m_prev - m_next)
-    p = jnp.where(visible, jnp.exp(logits - m_next[:, None]), 0.0)  # f32[rows, block_kv]
-    l_next = l_prev * alpha + p.sum(axis=1)
-    acc = acc * alpha[:, None] + dot(p.astype(v.dtype), v, precision=precision)
-    return acc, m_next, l_next
-
-
-def finish_rows(state):
-    """Normalised output f32[rows, Dp] and log-sum-exp f32[rows] (-inf, zeros where no key)."""
-    acc, m, l = state
-    seen = l > 0
-    l_safe = jnp.where(seen, l, 1.0)
-    out = acc / l_safe[:, None]
-    lse = jnp.where(seen, m + jnp.log(l_safe), -jnp.inf)
-    return out, lse
-
-
-# ----------------------------------------------------------------------------- reference
-
-
-def gather_pages(pages, block_tables):
-    """pages [num_kv_heads, num_blocks, block_size, D], tables i32[n, W] -> [n, W*block_size, KVH, D].
-
-    Plain gather: inside jit, `pages` may be a slice of the whole pool (`kv_pool[layer, 0]`);
-    XLA fuses the slice into the gather, so no copy of the layer is made.
-    """
-    num_kv_heads, _, block_size, head_dim = pages.shape
-    n, width = block_tables.shape
-    g = pages[:, block_tables]  # [KVH, n, W, block_size, D]
-    return jnp.moveaxis(g.reshape(num_kv_heads, n, width * block_size, head_dim), 0, 2)
-
-
-def reference_attention(q, k, v, key_valid, visible, sm_scale: float):
-    """Dense masked softmax attention, float32 math.
-
-    q: [n, r, num_q_heads, D]; k, v: [n, L, num_kv_heads, D]; key_valid: bool[n, L] (keys that
-    hold data: others may be garbage, even NaN, and are zeroed); visible: bool[n, r, L].
-    Returns f32[n, r, num_q_heads, D]; rows that see no key are zero.
-    """
-    n, r, num_q_heads, head_dim = q.shape
-    num_kv_heads = k.shape[2]
-    k = jnp.where(key_valid[:, :, None, None], k, 0)
-    v = jnp.where(key_valid[:, :, None, None], v, 0)
-    qg = q.reshape(n, r, num_kv_heads, num_q_heads // num_kv_heads, head_dim)
-    logits = jnp.einsum("nrkgd,nlkd->nkgrl", qg, k, preferred_element_type=jnp.float32,
-                        precision=lax.Precision.HIGHEST) * sm_scale
-    vis = visible[:, None, None]  # [n, 1, 1, r, L]
-    logits = jnp.where(vis, logits, -jnp.inf)
-    m = jnp.max(logits, axis=-1, keepdims=True)
-    p = jnp.where(vis, jnp.exp(logits - jnp.where(jnp.isfinite(m), m, 0)), 0)
-    denom = p.sum(axis=-1, keepdims=True)
-    p = p / jnp.where(denom > 0, denom, 1)
-    out = jnp.einsum("nkgrl,nlkd->nrkgd", p, v.astype(jnp.float32),
-                     precision=lax.Precision.HIGHEST)
-    return out.reshape(n, r, num_q_heads, head_dim)

@@ -13,6 +13,7 @@ Exported:
                         `TritonCompilerParams`); passing it selects the Triton backend on GPU
   load, store           masked loads/stores (`plgpu.load/store`, formerly `pl.load/store`)
   dot                   2-D matmul with `trans_b`/`precision` (`plgpu.dot`, formerly `pl.dot`)
+  get_topology_desc     `jax.experimental.topologies.get_topology_desc` (deviceless compilation)
 """
 
 from __future__ import annotations
@@ -65,4 +66,13 @@ load = _first_attr("load", (plgpu, "load"), (pl, "load"))
 store = _first_attr("store", (plgpu, "store"), (pl, "store"))
 dot = _first_attr("dot", (plgpu, "dot"), (pl, "dot"))
 
-__all__ = ["pl", "TritonCompilerParams", "load", "store", "dot"]
+
+
+def get_topology_desc(**kwargs):
+    """`jax.experimental.topologies.get_topology_desc` (imported on use: deviceless compiles only)."""
+    from jax.experimental import topologies
+
+    return topologies.get_topology_desc(**kwargs)
+
+
+__all__ = ["pl", "TritonCompilerParams", "load", "store", "dot", "get_topology_desc"]

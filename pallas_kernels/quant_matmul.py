@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels._common import (
-    MIN_DOT_DIM, SUPPORTED_DTYPES, check_tile, compiler_params, next_pow2, resolve_interpret,
-    store_index)
+    MIN_DOT_DIM, SUPPORTED_DTYPES, check_tile, compiler_params, next_pow2, resolve_interpret)
+from pallas_kernels._tile import store_index
 from pallas_kernels._compat import dot, load, pl, store
 from pallas_kernels.quant_layout import (
     INT4_PER_WORD, QuantLayout, dequantize_activations,

@@ -5,7 +5,7 @@ parallel residual with two norms (`use_parallel_residual`) or sequential, untied
 from __future__ import annotations
 
 from models import hf_config
-from models.architecture import Architecture
+from models.architecture import DEFAULT_IGNORED, Architecture
 from models.config import ModelConfig
 from models.weights import GroupedQKV, TensorMap, embedding, fused, linear, norm
 
@@ -44,4 +44,4 @@ def _weights(cfg: ModelConfig) -> list[TensorMap]:
 
 ARCHITECTURES = (Architecture(
     "GPTNeoXForCausalLM", _fields, _weights, "partial RoPE, per-head fused qkv, parallel or sequential block",
-    ignored=(r".*rotary_emb\.inv_freq", r".*\.attention\.(bias|masked_bias)")),)
+    ignored=DEFAULT_IGNORED + (r".*\.attention\.(bias|masked_bias)",)),)

@@ -5,7 +5,7 @@ MLP with bias, untied LM head with a bias."""
 from __future__ import annotations
 
 from models import hf_config
-from models.architecture import Architecture
+from models.architecture import DEFAULT_IGNORED, Architecture
 from models.config import ModelConfig
 from models.families._llama_like import attention_weights
 from models.weights import TensorMap, embedding, linear, norm
@@ -39,4 +39,4 @@ def _weights(cfg: ModelConfig) -> list[TensorMap]:
 
 ARCHITECTURES = (Architecture("GPTJForCausalLM", _fields, _weights,
                               "parallel block, partial interleaved RoPE, LM head bias",
-                              ignored=(r".*\.attn\.(bias|masked_bias)", r".*rotary_emb\.inv_freq")),)
+                              ignored=DEFAULT_IGNORED + (r".*\.attn\.(bias|masked_bias)",)),)

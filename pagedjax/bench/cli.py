@@ -1,4 +1,4 @@
-"""argparse for `pagedjax bench {throughput,latency,combine}` (registered by `pagedjax/cli.py`)."""
+"""argparse for `pagedjax bench {throughput,latency,combine,compile}` (registered by `pagedjax/cli.py`)."""
 
 from __future__ import annotations
 
@@ -169,6 +169,54 @@ def _run_combine(args) -> int:
     return _finish(combine(parts), args)
 
 
+# The engine options that shape the compiled steps.
+_COMPILE_OPTIONS = ("kv_cache_dtype", "block_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
+                    "gpu_memory_utilization")
+
+
+def _add_compile(sub) -> None:
+    p = sub.add_parser("compile", help="AOT-compile every engine step bucket of a preset for a GPU target (no GPU)",
+                       description="Compiles every step bucket warm-up would compile, for the target GPU, on this "
+                                   "machine (needs jax-cuda12-plugin and nvidia-cuda-nvcc-cu12, in the test extra; "
+                                   "JAX_PLATFORMS=cpu): compile seconds, temp bytes against the KV pool, and per "
+                                   "Triton kernel registers, spills and shared memory.")
+    p.add_argument("--model", required=True, help="a preset (e.g. llama-3.1-8b; see models/presets.py)")
+    p.add_argument("--target", default="h100", help="the GPU target (h100: sm_90, also right for H200)")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    from pagedjax.config import EngineConfig
+    from pagedjax.engine_args import add_engine_arguments
+
+    add_engine_arguments(p, exclude=tuple(n for n in EngineConfig.field_names() if n not in _COMPILE_OPTIONS),
+                         title="engine options (as LLM's)")
+    p.add_argument("--max-buckets", type=int, default=None, help="compile only the first N buckets")
+    p.add_argument("--no-kernel-stats", action="store_true", help="skip ptxas -v (registers, spills)")
+    p.add_argument("--output-json", default=None, help="write the report here")
+    p.set_defaults(func=_run_compile)
+
+
+def _run_compile(args) -> int:
+    from pagedjax.bench.common import write_json
+    from pagedjax.bench.compile_target import CompileConfig, format_compile_table, run_compile
+
+    options = {name: getattr(args, name) for name in _COMPILE_OPTIONS if getattr(args, name) is not None}
+    cfg = CompileConfig(model=args.model, target=args.target, dtype=args.dtype, max_buckets=args.max_buckets,
+                        kernel_stats=not args.no_kernel_stats, **options)
+
+    def progress(report):
+        row = report["buckets"][-1]
+        print(f"[{len(report['buckets'])}/{report['total_buckets']}] tokens {row['num_tokens']} seqs "
+              f"{row['num_seqs']}: {row['compile_s']} s", file=sys.stderr, flush=True)
+        if args.output_json:  # written as it goes: a long run's finished buckets are kept
+            write_json(report, args.output_json)
+
+    report = run_compile(cfg, progress)
+    print(format_compile_table(report))
+    if args.output_json:
+        write_json(report, args.output_json)
+        print(f"wrote {args.output_json}", file=sys.stderr)
+    return 0
+
+
 def add_bench_parser(sub) -> None:
     """Registers `bench` and its subcommands on the top-level subparsers `sub`."""
     p = sub.add_parser("bench", help="throughput and latency benchmarks (JSON + table)",
@@ -177,6 +225,7 @@ def add_bench_parser(sub) -> None:
     _add_throughput(bench_sub)
     _add_latency(bench_sub)
     _add_combine(bench_sub)
+    _add_compile(bench_sub)
     from pagedjax.bench.serve_cli import register as add_serve  # `bench serve` (online serving)
 
     add_serve(bench_sub)

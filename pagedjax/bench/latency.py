@@ -117,7 +117,7 @@ def run_latency(cfg: LatencyConfig) -> dict:
             context_range = f"{cfg.input_len}-{cfg.input_len + cfg.output_len}"
             own = dict(batch=cfg.batch_size, context=context_range, **step_roofline(
                 decode, weight_bytes=weight_bytes_read(runner.params, mcfg, cfg.batch_size),
-                kv_bytes_per_token=mcfg.kv_bytes_per_token(runner.kv_pool.dtype.itemsize),
+                kv_bytes_per_token=runner.kv_layout.bytes_per_block / runner.block_size,
                 bytes_per_s=bandwidth["bytes_per_s"]))
         context = cfg.roofline_context or (512 if on_gpu else 64)
         others = [decode_roofline(llm, b, context, bytes_per_s=bandwidth["bytes_per_s"], seed=cfg.seed)

@@ -119,7 +119,7 @@ def decode_roofline(llm, batch: int, context: int, *, bytes_per_s: float, steps:
     if not timed:
         return dict(batch=batch, context=context, skipped="no full decode step was timed")
     weights = weight_bytes_read(runner.params, cfg, batch)
-    kv_per_token = cfg.kv_bytes_per_token(runner.kv_pool.dtype.itemsize)
+    kv_per_token = runner.kv_layout.bytes_per_block / runner.block_size  # scales included
     return dict(batch=batch, context=context, **step_roofline(timed, weight_bytes=weights,
                                                               kv_bytes_per_token=kv_per_token,
                                                               bytes_per_s=bytes_per_s))

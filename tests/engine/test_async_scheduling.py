@@ -14,19 +14,25 @@ from tests.engine.conftest import SHARED_PREFIX, TEXTS
 TIGHT = dict(num_kv_blocks=12, max_model_len=128, max_num_seqs=6, max_num_batched_tokens=32)
 
 
-def _workload():
+def _workload(llm):
     tok = tokenizer()
     prompts = [tok(SHARED_PREFIX + t).input_ids if i % 2 else tok(t).input_ids for i, t in enumerate(TEXTS)]
+    # Stops the random model's greedy continuations really reach: a string from prompt 4's and
+    # a token from prompt 7's (both after a few tokens), so both kinds of stop are exercised.
+    greedy = SamplingParams(temperature=0.0, max_tokens=18, ignore_eos=True)
+    probe = llm.generate([{"prompt_token_ids": prompts[i]} for i in (4, 7)], greedy, use_tqdm=False)
+    stop_text = tok.decode(probe[0].outputs[0].token_ids[5:7])
+    stop_token = probe[1].outputs[0].token_ids[6]
     params = [
         SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True),
         SamplingParams(temperature=0.9, top_p=0.9, seed=3, max_tokens=16, ignore_eos=True),
         SamplingParams(temperature=0.8, seed=5, n=3, max_tokens=12, ignore_eos=True),
         SamplingParams(temperature=0.7, seed=8, n=2, best_of=4, max_tokens=10, ignore_eos=True),
-        SamplingParams(temperature=0.0, max_tokens=18, stop=[" the", "ing"], logprobs=3),
+        SamplingParams(temperature=0.0, max_tokens=18, stop=[stop_text, "\x00never"], logprobs=3),
         SamplingParams(temperature=1.0, seed=1, max_tokens=14, presence_penalty=0.5, frequency_penalty=0.3,
                        repetition_penalty=1.3, min_tokens=6, ignore_eos=False),
         SamplingParams(temperature=0.0, max_tokens=9, prompt_logprobs=2, logprobs=1, ignore_eos=True),
-        SamplingParams(temperature=0.0, max_tokens=15, stop_token_ids=[tok(" a").input_ids[-1]], min_tokens=2),
+        SamplingParams(temperature=0.0, max_tokens=15, stop_token_ids=[stop_token], min_tokens=2),
         SamplingParams(temperature=0.6, seed=13, top_k=7, min_p=0.05, max_tokens=11, ignore_eos=True),
     ]
     return prompts, params
@@ -44,10 +50,10 @@ def _summary(outputs):
 
 @pytest.fixture(scope="module")
 def runs(llama_dir):
-    prompts, params = _workload()
     results = {}
     for mode in (False, True):
         llm = LLM(llama_dir, async_scheduling=mode, **TIGHT)
+        prompts, params = _workload(llm)
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         beams = llm.beam_search([{"prompt_token_ids": p} for p in prompts[:2]],
                                 BeamSearchParams(beam_width=3, max_tokens=6))

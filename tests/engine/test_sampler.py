@@ -26,7 +26,8 @@ def tensors(rows: int, **overrides) -> SamplingTensors:
                 repetition_penalty=np.ones(rows, np.float32), seed=np.zeros(rows, np.uint32),
                 has_seed=np.zeros(rows, bool), sample_index=np.zeros(rows, np.int32),
                 suppress_tokens=np.zeros((rows, 0), np.int32), prompt_tokens=np.zeros((rows, 0), np.int32),
-                output_tokens=np.zeros((rows, 0), np.int32))
+                output_tokens=np.zeros((rows, 0), np.int32), bitmask=np.zeros((rows, 0), np.int32),
+                bias_ids=np.zeros((rows, 0), np.int32), bias_values=np.zeros((rows, 0), np.float32))
     for k, v in overrides.items():
         base[k] = np.asarray(v, dtype=base[k].dtype) if np.ndim(v) else np.full_like(base[k], v)
     return SamplingTensors(**base)

@@ -117,7 +117,7 @@ def test_each_device_holds_its_share_of_the_weights(variant, tp, tp_engines):
 @pytest.mark.parametrize("variant,tp", [("llama", 2), ("llama", 4), ("llama-8q2kv", 8)])
 def test_kv_pool_is_sharded_on_its_kv_head_axis(variant, tp, tp_engines):
     llm = tp_engines[(variant, tp)]
-    cfg, pool = llm.engine.model_config, llm.engine.runner.kv_pool
+    cfg, pool = llm.engine.model_config, llm.engine.runner.kv_pool.data
     heads = max(cfg.num_kv_heads, tp)  # replicated up to tp when tp > num_kv_heads
     assert pool.shape == (cfg.num_layers, 2, heads, 48, 16, cfg.head_dim)
     _check_sharded(pool, P(None, None, TP_AXIS), tp)
@@ -219,7 +219,7 @@ def test_kv_pool_is_sized_from_the_tightest_devices_free_memory(checkpoint_facto
     assert profile["bytes_in_use"] == in_use[1] and profile["bytes_per_block"] == per_device_block
     expected = int((limit * 0.5 - in_use[1] - profile["step_temp_bytes"]) // per_device_block)
     assert 0 < expected < 256 * 256 // 16 and llm.stats()["num_kv_blocks"] == expected  # below the cap
-    assert llm.engine.runner.kv_pool.addressable_shards[0].data.nbytes == expected * per_device_block
+    assert llm.engine.runner.kv_pool.nbytes_per_device() == expected * per_device_block
 
 
 @pytest.mark.parametrize("tp,message", [
