@@ -196,17 +196,14 @@ VARIANTS: dict[str, Variant] = {
     "qwen2-moe": Variant("Qwen2MoeConfig", dict(LLAMA_BASE, num_hidden_layers=3, moe_intermediate_size=32,
                                                 shared_expert_intermediate_size=96, num_experts=4,
                                                 num_experts_per_tok=2, mlp_only_layers=[1])),
-    # every other layer sparse (decoder_sparse_step), normalised top-k
+    # every other layer sparse (decoder_sparse_step), normalised top-3
     "qwen2-moe-sparse-step": Variant("Qwen2MoeConfig", dict(LLAMA_BASE, moe_intermediate_size=32,
                                                             shared_expert_intermediate_size=64, num_experts=4,
-                                                            num_experts_per_tok=2, decoder_sparse_step=2,
+                                                            num_experts_per_tok=3, decoder_sparse_step=2,
                                                             norm_topk_prob=True)),
     # 8 heads and 8 experts: tensor and expert parallel up to 8 ways
     "qwen3-moe": Variant("Qwen3MoeConfig", dict(LLAMA_BASE, num_attention_heads=8, head_dim=16, moe_intermediate_size=32,
                                                 num_experts=8, num_experts_per_tok=2, norm_topk_prob=True)),
-    "qwen3-moe-dense-layer": Variant("Qwen3MoeConfig", dict(LLAMA_BASE, head_dim=16, moe_intermediate_size=32,
-                                                            num_experts=4, num_experts_per_tok=3,
-                                                            mlp_only_layers=[0])),
     # sinks, windows shorter than the prompts on alternate layers, yarn rope, router bias, biased
     # experts with a SwiGLU clamp the activations reach (limit 1)
     "gpt-oss": Variant("GptOssConfig", dict(LLAMA_BASE, intermediate_size=32, head_dim=16, num_local_experts=4,
