@@ -242,22 +242,30 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def param_bytes_per_device(cfg: ModelConfig, dtype, tp: int) -> dict[str, int]:
-    """Parameter bytes of `cfg` in `dtype`: `total`, and what each of `tp` devices holds
-    (`per_device`) under the partition rules (`cfg.moe.expert_parallel` picks the experts'
-    layout); of them the routed experts' (`experts_total`, `experts_per_device`). Every device
-    holds the same bytes (every split is even). Allocates nothing."""
+def param_shapes(cfg: ModelConfig) -> list[tuple[tuple, tuple[int, ...]]]:
+    """(nnx state path, shape) of every parameter of `cfg` (allocates nothing). The same for both
+    expert layouts: pass it to `param_bytes_per_device` to plan several meshes of one model."""
     import jax.numpy as jnp
     from flax import nnx
 
     from models.loader import abstract_model  # late import: the loader imports the registry too
 
+    _, state = abstract_model(cfg, jnp.float32)
+    return [(tuple(path), tuple(var.get_value().shape)) for path, var in nnx.to_flat_state(state)]
+
+
+def param_bytes_per_device(cfg: ModelConfig, dtype, tp: int, shapes=None) -> dict[str, int]:
+    """Parameter bytes of `cfg` in `dtype`: `total`, and what each of `tp` devices holds
+    (`per_device`) under the partition rules (`cfg.moe.expert_parallel` picks the experts'
+    layout); of them the routed experts' (`experts_total`, `experts_per_device`). Every device
+    holds the same bytes (every split is even). `shapes`: `param_shapes(cfg)`, if at hand.
+    Allocates nothing."""
+    import jax.numpy as jnp
+
     check_tensor_parallel(cfg, tp)
     itemsize = jnp.dtype(dtype).itemsize
-    _, state = abstract_model(cfg, dtype)
     total = per_device = experts = experts_total = 0
-    for path, var in nnx.to_flat_state(state):
-        shape = var.get_value().shape
+    for path, shape in shapes if shapes is not None else param_shapes(cfg):
         spec = tuple(partition_spec(cfg, path, tp)) + (None,) * len(shape)
         local = int(np.prod([d // tp if axis == TP_AXIS else d for d, axis in zip(shape, spec)]))
         total += int(np.prod(shape)) * itemsize
