@@ -16,7 +16,7 @@ import time
 from pagedjax.detokenizer import IncrementalDetokenizer
 from pagedjax.outputs import CompletionOutput, Logprob, RequestOutput
 from pagedjax.sampling_params import SamplingParams
-from scheduler.request import Request
+from scheduler.request import Request, RequestStatus
 
 
 @dataclasses.dataclass(eq=False)
@@ -173,7 +173,7 @@ class OutputProcessor:
                                                      float(out.logprobs[i]), int(out.ranks[i]),
                                                      comp.group.params.logprobs))
         if comp.detok is not None and comp.finish_reason is None:
-            comp.detok.push(tokens)
+            comp.detok.push(_text_tokens(comp, tokens))
             if comp.detok.stop_string is not None:
                 comp.finish_reason, comp.stop_reason = "stop", comp.detok.stop_string
                 return comp.detok.stop_string
@@ -207,7 +207,7 @@ class OutputProcessor:
             return ""
         if comp.detok is None:  # decode once, at the end
             comp.detok = self._detokenizer(comp.group.prompt_token_ids, comp.group.params)
-            comp.detok.push(comp.request.output_token_ids)
+            comp.detok.push(_text_tokens(comp, list(comp.request.output_token_ids)))
         return comp.detok.text
 
     def _request_output(self, group: _Group, finished: bool) -> RequestOutput:
@@ -220,3 +220,15 @@ class OutputProcessor:
                 for i, c in enumerate(comps)]
         return RequestOutput(group.request_id, group.prompt, group.prompt_token_ids, outs, finished,
                              prompt_logprobs=group.prompt_logprobs, num_cached_tokens=group.num_cached_tokens)
+
+
+def _text_tokens(comp: _Completion, tokens: list[int]) -> list[int]:
+    """The tokens whose text joins the output. NOTE: the stop token (EOS or one of
+    `stop_token_ids`) that ended a completion stays in `token_ids` but not in the text, even
+    when special tokens are kept (vLLM's rule), unless `include_stop_str_in_output`."""
+    request = comp.request
+    if (tokens and request.status == RequestStatus.FINISHED_STOPPED and not isinstance(request.stop_reason, str)
+            and not comp.group.params.include_stop_str_in_output and request.output_token_ids
+            and tokens[-1] == request.output_token_ids[-1]):
+        return tokens[:-1]
+    return tokens

@@ -119,6 +119,9 @@ VARIANTS: dict[str, Variant] = {
     "llama-rope-yarn": Variant("LlamaConfig", dict(LLAMA_BASE, **_rope(
         rope_type="yarn", factor=4.0, original_max_position_embeddings=64, beta_fast=32.0, beta_slow=1.0))),
     "mistral": Variant("MistralConfig", dict(LLAMA_BASE, head_dim=16, sliding_window=None)),
+    # Mistral v0.1's sliding window on every layer: smaller than a block, and spanning two blocks
+    "mistral-window5": Variant("MistralConfig", dict(LLAMA_BASE, head_dim=16, sliding_window=5)),
+    "mistral-window20": Variant("MistralConfig", dict(LLAMA_BASE, head_dim=16, sliding_window=20)),
     "qwen2": Variant("Qwen2Config", dict(LLAMA_BASE)),
     "qwen3": Variant("Qwen3Config", dict(LLAMA_BASE, head_dim=16)),
     # --- Llama-compatible names and remote-code families, through a conversion of a Llama checkpoint

@@ -1,6 +1,7 @@
 """The FastAPI application: OpenAI's endpoints over an `AsyncEngine`, errors in OpenAI's shape.
 
-Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models[/{id}]`, `GET /metrics`
+Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models[/{id}]`,
+`POST /tokenize` and `POST /detokenize` (vLLM's), `GET /metrics`
 (Prometheus), `GET /version`, `GET /debug/stats` (the engine's counters, read on the engine thread:
 KV blocks free and in use, preemptions, prefix-cache hits, compiles; for tests and operators), all
 behind the API key when one is configured, and the always open `GET /health` (503 while the engine
@@ -22,7 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pagedjax.server.async_engine import AsyncEngine, EngineRequestError
 from pagedjax.server.chat import create_chat_completion
+from pagedjax.server.chat_options import ChatOptions
 from pagedjax.server.completions import create_completion
+from pagedjax.server.embeddings import create_embeddings
 from pagedjax.server.errors import APIError, server_error
 from pagedjax.server.generation import ClientDisconnected
 from pagedjax.server.metrics import ServerMetrics
@@ -30,6 +33,8 @@ from pagedjax.server.protocol import ChatCompletionRequest, CompletionRequest, M
 from pagedjax.server.guard import RequestGuard
 from pagedjax.server.limits import ServerLimits
 from pagedjax.server.state import ServerState
+from pagedjax.server.tokenization import detokenize, tokenize
+from pagedjax.server.tokens_protocol import DetokenizeRequest, EmbeddingRequest, TokenizeRequest
 
 
 def _state(request: Request) -> ServerState:
@@ -75,6 +80,24 @@ def _v1_routes() -> APIRouter:
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await create_chat_completion(_state(request), body, request)
 
+    @router.post("/embeddings")
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        return await create_embeddings(_state(request), body)
+
+    return router
+
+
+def _token_routes() -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/tokenize")
+    async def tokenize_route(body: TokenizeRequest, request: Request) -> Response:
+        return await tokenize(_state(request), body)
+
+    @router.post("/detokenize")
+    async def detokenize_route(body: DetokenizeRequest, request: Request) -> Response:
+        return await detokenize(_state(request), body)
+
     return router
 
 
@@ -111,7 +134,8 @@ def _open_routes() -> APIRouter:
 
 
 def build_app(engine: AsyncEngine, *, model_names: list[str], model_root: str, api_key: str | None = None,
-              metrics: ServerMetrics | None = None, on_ready=None, limits: ServerLimits | None = None) -> FastAPI:
+              metrics: ServerMetrics | None = None, on_ready=None, limits: ServerLimits | None = None,
+              chat_options: ChatOptions | None = None) -> FastAPI:
     """The application around `engine`: its thread starts and stops with the app's lifespan.
 
     Args:
@@ -122,6 +146,7 @@ def build_app(engine: AsyncEngine, *, model_names: list[str], model_root: str, a
         metrics: the Prometheus metrics (default: new ones, without engine-side counts).
         on_ready: called with no arguments once the engine thread runs (e.g. to print an address).
         limits: bounds of one request (`ServerLimits`; default ones when None).
+        chat_options: tool calling and reasoning (`ChatOptions`; none when None).
     """
     metrics = metrics or ServerMetrics(model_names[0])
     metrics.attach_engine_state(lambda: engine.stats_snapshot)
@@ -140,7 +165,7 @@ def build_app(engine: AsyncEngine, *, model_names: list[str], model_root: str, a
 
     app = FastAPI(title="pagedjax", description="OpenAI-compatible server of the pagedjax engine",
                   lifespan=lifespan)
-    state = ServerState(engine, tokenizer, model_names, model_root, api_key, metrics, limits)
+    state = ServerState(engine, tokenizer, model_names, model_root, api_key, metrics, limits, chat_options)
     app.state.server = state
     app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=state.limits.max_request_body_bytes)
     app.add_exception_handler(APIError, lambda _, error: error.response())
@@ -149,5 +174,6 @@ def build_app(engine: AsyncEngine, *, model_names: list[str], model_root: str, a
     app.add_exception_handler(EngineRequestError, lambda _, error: server_error(str(error)).response())
     app.add_exception_handler(ClientDisconnected, lambda *_: Response(status_code=499))
     app.include_router(_v1_routes())
+    app.include_router(_token_routes())
     app.include_router(_open_routes())
     return app

@@ -98,6 +98,7 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self.max_model_len: int = engine.max_model_len
         self.vocab_size: int = engine.model_config.vocab_size
+        self.hidden_size: int = engine.model_config.hidden_size
         # Heartbeat: when the engine thread last finished a step or went idle (monotonic seconds).
         self._last_progress = time.monotonic()
         self._busy = False  # True while the engine thread has requests to step

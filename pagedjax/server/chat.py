@@ -1,4 +1,9 @@
-"""`POST /v1/chat/completions`: the tokenizer's chat template, then one engine request."""
+"""`POST /v1/chat/completions`: the tokenizer's chat template, then one engine request.
+
+Structured outputs and logit controls as in completions; tools, tool_choice and reasoning
+through `pagedjax.server.tools` (the output of each choice is read by its own
+`ChatOutputParser`, whole or streamed).
+"""
 
 from __future__ import annotations
 
@@ -10,52 +15,31 @@ from starlette.requests import Request
 
 from pagedjax.sampling_params import SamplingParams
 from pagedjax.server.async_engine import EngineRequestError
+from pagedjax.server.chat_template import render_chat_ids
+from pagedjax.server.constraints import logit_controls, request_structured_outputs
 from pagedjax.server.errors import bad_request, server_error
 from pagedjax.server.generation import ClientDisconnected, Generation
 from pagedjax.server.logprobs import chat_logprobs
 from pagedjax.server.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk,
-                                      ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ChatMessage,
-                                      DeltaMessage)
+                                      ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, DeltaMessage)
 from pagedjax.server.sampling import check_limits, check_unsupported, resolve_max_tokens, sampling_params, stop_strings
 from pagedjax.server.state import ServerState
 from pagedjax.server.streaming import DONE, StreamCursor, sse
+from pagedjax.tool_parsers import merge_deltas
+from pagedjax.server.tools import (ToolPlan, finish_reason, needs_special_tokens, output_parser_factory, plan_tools,
+                                   response_tool_calls, stream_delta)
 
 
-def _message_text(message: ChatMessage, index: int) -> str:
-    content = message.content
-    if content is None or isinstance(content, str):
-        return content or ""
-    parts = []
-    for part in content:
-        if part.type != "text" or part.text is None:
-            raise bad_request(f"only text content parts are supported, got {part.type!r}",
-                              param=f"messages[{index}].content")
-        parts.append(part.text)
-    return "\n".join(parts)
-
-
-def chat_prompt_ids(tokenizer, body: ChatCompletionRequest) -> list[int]:
-    """The conversation through the tokenizer's chat template (`add_generation_prompt`), as token ids."""
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise bad_request("this model's tokenizer has no chat template: use /v1/completions", param="messages")
-    conversation = [{"role": m.role, "content": _message_text(m, i)} for i, m in enumerate(body.messages)]
-    try:
-        encoded = tokenizer.apply_chat_template(conversation, add_generation_prompt=body.add_generation_prompt,
-                                                tokenize=True)
-    except Exception as error:  # jinja errors: the template refused these messages
-        raise bad_request(f"the chat template could not render these messages: {error}", param="messages") from None
-    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-    return [int(t) for t in ids]
+def chat_prompt_ids(tokenizer, body: ChatCompletionRequest, tools: tuple[dict, ...] = ()) -> list[int]:
+    """The conversation through the tokenizer's chat template (`add_generation_prompt`, the
+    request's tools and `chat_template_kwargs`), as token ids."""
+    return render_chat_ids(tokenizer, body.messages, tools=list(tools) or None,
+                           add_generation_prompt=body.add_generation_prompt,
+                           chat_template_kwargs=body.chat_template_kwargs)
 
 
 def _check_chat_fields(body: ChatCompletionRequest) -> None:
     check_unsupported(body)
-    if body.tools:
-        raise bad_request("tools are not supported", param="tools")
-    if body.tool_choice not in (None, "none"):
-        raise bad_request("tool_choice is not supported", param="tool_choice")
-    if body.response_format is not None and body.response_format.type != "text":
-        raise bad_request("only response_format {'type': 'text'} is supported", param="response_format")
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
     if body.top_logprobs is not None and not 0 <= body.top_logprobs <= SamplingParams.MAX_LOGPROBS:
@@ -68,13 +52,18 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
     model = state.check_model(body.model)
     _check_chat_fields(body)
     check_limits(body, state.limits)
-    prompt_ids = await state.offload(chat_prompt_ids, state.tokenizer, body)
+    plan = plan_tools(body, state.chat_options, state.limits)
+    constraint, source = request_structured_outputs(body, plan.schema)
+    controls = logit_controls(body, state.vocab_size, state.limits)
+    await state.check_grammar(constraint, source)
+    prompt_ids = await state.offload(chat_prompt_ids, state.tokenizer, body, plan.tools)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = resolve_max_tokens(requested, len(prompt_ids), state.max_model_len, param="messages")
-    params = sampling_params(body, max_tokens=max_tokens,
-                             logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+    params = sampling_params(body, max_tokens=max_tokens, logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+                             structured_outputs=constraint, controls=controls,
+                             skip_special_tokens=False if needs_special_tokens(plan, state.chat_options) else None)
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
-    view = _ChatView(state, body, model, response_id, prompt_ids)
+    view = _ChatView(state, body, model, response_id, prompt_ids, plan, constrained=constraint is not None)
     generation = Generation(state.engine, response_id, http_request)
     await state.start(generation, [(prompt_ids, params)])
     if body.stream:
@@ -90,8 +79,10 @@ class _ChatView:
     """Builds the response (or the stream of chunks) of one chat request."""
 
     def __init__(self, state: ServerState, body: ChatCompletionRequest, model: str, response_id: str,
-                 prompt_ids: list[int]):
+                 prompt_ids: list[int], plan: ToolPlan, constrained: bool):
         self.state, self.body, self.model, self.id, self.prompt_ids = state, body, model, response_id, prompt_ids
+        self.plan = plan
+        self.new_parser = output_parser_factory(plan, state.chat_options, constrained)
         self.created = int(time.time())
         self.stops = stop_strings(body.stop)
 
@@ -101,12 +92,23 @@ class _ChatView:
         return ChatLogprobs(content=chat_logprobs(token_ids, entries or [], self.state.tokenizer,
                                                   self.body.top_logprobs or 0))
 
+    def _message(self, text: str) -> tuple[AssistantMessage, bool]:
+        """The message of a whole output, and whether it called tools."""
+        if self.new_parser is None:
+            return AssistantMessage(content=text), False
+        parsed = self.new_parser().parse(text)
+        calls = response_tool_calls(self.plan, parsed)
+        return AssistantMessage(content=parsed.content, reasoning_content=parsed.reasoning_content,
+                                reasoning=parsed.reasoning_content, tool_calls=calls), calls is not None
+
     def response(self, final) -> ChatCompletionResponse:
-        choices = [ChatChoice(index=c.index, message=AssistantMessage(content=c.text),
-                              logprobs=self._logprobs(c.token_ids, c.logprobs), finish_reason=c.finish_reason,
-                              stop_reason=c.stop_reason,
-                              token_ids=list(c.token_ids) if self.body.return_token_ids else None)
-                   for c in final.outputs]
+        choices = []
+        for c in final.outputs:
+            message, called = self._message(c.text)
+            choices.append(ChatChoice(index=c.index, message=message, logprobs=self._logprobs(c.token_ids, c.logprobs),
+                                      finish_reason=finish_reason(self.plan, called, c.finish_reason),
+                                      stop_reason=c.stop_reason,
+                                      token_ids=list(c.token_ids) if self.body.return_token_ids else None))
         return ChatCompletionResponse(
             id=self.id, created=self.created, model=self.model, choices=choices,
             usage=self.state.usage([self.prompt_ids], sum(len(c.token_ids) for c in final.outputs)),
@@ -120,6 +122,8 @@ class _ChatView:
         """The SSE events: the role first, then one chunk per choice that progressed (the last one
         with its finish_reason), usage if asked, then [DONE]."""
         cursors: dict[int, StreamCursor] = {}
+        parsers: dict[int, object] = {}
+        called: set[int] = set()
         completion_tokens = 0
         try:
             for index in range(self.body.n):
@@ -129,13 +133,21 @@ class _ChatView:
             while item is not None:
                 _, output = item
                 for completion in output.outputs:
-                    delta = cursors.setdefault(completion.index, StreamCursor()).advance(completion, self.stops)
+                    i = completion.index
+                    delta = cursors.setdefault(i, StreamCursor()).advance(completion, self.stops)
                     if delta is None:
                         continue
                     completion_tokens += len(delta.token_ids)
+                    message = self._delta(parsers, i, delta.text, final=delta.finish_reason is not None)
+                    if message.tool_calls:
+                        called.add(i)
+                    logprobs = self._logprobs(delta.token_ids, delta.logprobs)
+                    if (message == DeltaMessage() and delta.finish_reason is None and logprobs is None
+                            and not self.body.return_token_ids):
+                        continue  # a parser holds the text back (a marker may be starting)
                     yield self._chunk(ChatChunkChoice(
-                        index=completion.index, delta=DeltaMessage(content=delta.text),
-                        logprobs=self._logprobs(delta.token_ids, delta.logprobs), finish_reason=delta.finish_reason,
+                        index=i, delta=message, logprobs=logprobs,
+                        finish_reason=finish_reason(self.plan, i in called, delta.finish_reason),
                         stop_reason=delta.stop_reason,
                         token_ids=delta.token_ids if self.body.return_token_ids else None))
                 item = await generation.next()
@@ -148,3 +160,13 @@ class _ChatView:
         except ClientDisconnected:
             return
         yield DONE
+
+    def _delta(self, parsers: dict, index: int, text: str, final: bool) -> DeltaMessage:
+        """The `delta` for new text of choice `index` (read by its parser when it has one)."""
+        if self.new_parser is None:
+            return DeltaMessage(content=text)
+        parser = parsers.setdefault(index, self.new_parser())
+        parsed = parser.feed(text) if text else None
+        if final:
+            parsed = merge_deltas([parsed, parser.finish()])
+        return stream_delta(self.plan, parsed)

@@ -30,8 +30,9 @@ def add_serve_parser(sub) -> None:
     """Registers `pagedjax serve` on the subcommand parsers `sub`."""
     p = sub.add_parser(
         "serve", help="run the OpenAI-compatible HTTP server",
-        description="Serve a model over OpenAI's HTTP API (/v1/completions, /v1/chat/completions, /v1/models; "
-                    "/health, /metrics). Listens on 127.0.0.1 unless --host says otherwise; Ctrl-C or SIGTERM "
+        description="Serve a model over OpenAI's HTTP API (/v1/completions, /v1/chat/completions, /v1/embeddings, "
+                    "/v1/models; /tokenize, /detokenize, /health, /metrics). Listens on 127.0.0.1 unless --host "
+                    "says otherwise; Ctrl-C or SIGTERM "
                     "stops it after in-flight requests finish.")
     p.add_argument("model", nargs="?", default=None,
                    help="checkpoint directory or Hugging Face hub id (default: the built-in tiny Llama)")
@@ -52,6 +53,14 @@ def add_serve_parser(sub) -> None:
                    help="seconds an idle keep-alive connection stays open (default 5)")
     p.add_argument("--max-header-bytes", type=int, default=64 * 1024,
                    help="the most bytes of a request line and headers (default 65536)")
+    tools = p.add_argument_group("tool calling and reasoning")
+    tools.add_argument("--enable-auto-tool-choice", action="store_true",
+                       help='serve tool_choice "auto" (and tools without tool_choice), reading calls with '
+                            '--tool-call-parser; without it such requests get a 400, as in vLLM')
+    tools.add_argument("--tool-call-parser", default=None, metavar="NAME",
+                       help="the model's tool-call format: hermes, qwen3, llama3_json, llama4_json, mistral")
+    tools.add_argument("--reasoning-parser", default=None, metavar="NAME",
+                       help="split <think> reasoning into reasoning_content: deepseek_r1, qwen3")
     add_dataclass_arguments(p, ServerLimits, title="request limits")
     add_server_engine_arguments(p)
     p.set_defaults(func=run_serve)
@@ -66,16 +75,27 @@ def require_serve_extra() -> None:
         raise ValueError(f"the server needs {', '.join(missing)}: pip install 'pagedjax[serve]'")
 
 
+def server_options_from_args(args: argparse.Namespace):
+    """The `ServerOptions` of `pagedjax serve`'s arguments (ValueError for inconsistent ones)."""
+    from pagedjax.default_model import DEFAULT_MODEL_NAME
+    from pagedjax.server.chat_options import ChatOptions
+    from pagedjax.server.serve import ServerOptions
+
+    names = tuple(args.served_model_name or ([args.model] if args.model else [DEFAULT_MODEL_NAME]))
+    chat = ChatOptions(enable_auto_tool_choice=args.enable_auto_tool_choice, tool_call_parser=args.tool_call_parser,
+                       reasoning_parser=args.reasoning_parser)
+    return ServerOptions(host=args.host, port=args.port, api_key=args.api_key, served_model_names=names,
+                         log_level=args.log_level, shutdown_timeout=args.shutdown_timeout,
+                         limits=dataclass_from_args(ServerLimits, args), limit_concurrency=args.limit_concurrency,
+                         timeout_keep_alive=args.timeout_keep_alive, max_header_bytes=args.max_header_bytes, chat=chat)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Runs the server of `pagedjax serve`'s arguments until SIGINT/SIGTERM."""
     require_serve_extra()
-    from pagedjax.default_model import DEFAULT_MODEL_NAME, default_model_dir
-    from pagedjax.server.serve import ServerOptions, serve
+    from pagedjax.default_model import default_model_dir
+    from pagedjax.server.serve import serve
 
+    options = server_options_from_args(args)  # NOTE: before the model loads, so bad options fail fast
     model = args.model or default_model_dir()
-    names = tuple(args.served_model_name or ([args.model] if args.model else [DEFAULT_MODEL_NAME]))
-    options = ServerOptions(host=args.host, port=args.port, api_key=args.api_key, served_model_names=names,
-                            log_level=args.log_level, shutdown_timeout=args.shutdown_timeout,
-                            limits=dataclass_from_args(ServerLimits, args), limit_concurrency=args.limit_concurrency,
-                            timeout_keep_alive=args.timeout_keep_alive, max_header_bytes=args.max_header_bytes)
     return serve(engine_config_from_args(args, model), options, precompile=args.precompile)

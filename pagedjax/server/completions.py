@@ -1,4 +1,5 @@
-"""`POST /v1/completions`: one engine request per prompt, choices indexed `prompt * n + i`."""
+"""`POST /v1/completions`: one engine request per prompt, choices indexed `prompt * n + i`; structured
+outputs and logit controls (`pagedjax.server.constraints`) apply to every prompt."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi.responses import Response
 from starlette.requests import Request
 
 from pagedjax.server.async_engine import EngineRequestError
+from pagedjax.server.constraints import logit_controls, request_structured_outputs
 from pagedjax.server.errors import bad_request, server_error
 from pagedjax.server.generation import ClientDisconnected, Generation
 from pagedjax.server.logprobs import completion_logprobs
@@ -27,10 +29,14 @@ async def create_completion(state: ServerState, body: CompletionRequest, http_re
     if body.suffix:
         raise bad_request("suffix is not supported", param="suffix")
     items = prompt_items(body.prompt, state.limits)
+    constraint, source = request_structured_outputs(body)
+    controls = logit_controls(body, state.vocab_size, state.limits)
+    await state.check_grammar(constraint, source)
     prompts = await state.offload(tokenize_prompts, items, state.tokenizer, state.vocab_size)
     prompt_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
     requests = [(ids, sampling_params(body, logprobs=body.logprobs, prompt_logprobs=prompt_logprobs,
-                                      max_tokens=resolve_max_tokens(body.max_tokens, len(ids), state.max_model_len)))
+                                      max_tokens=resolve_max_tokens(body.max_tokens, len(ids), state.max_model_len),
+                                      structured_outputs=constraint, controls=controls))
                 for _, ids in prompts]
     echoes = [(text if text is not None else await state.offload(state.decode, ids)) if body.echo else ""
               for text, ids in prompts]

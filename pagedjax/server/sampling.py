@@ -27,8 +27,6 @@ def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
 
 def check_unsupported(request: SamplingFields) -> None:
     """400s for OpenAI fields this server does not implement, rather than ignoring them silently."""
-    if request.logit_bias:
-        raise bad_request("logit_bias is not supported", param="logit_bias")
     if request.stream_options is not None and not request.stream:
         raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
     if request.stream and request.best_of is not None and request.best_of > request.n:
@@ -37,9 +35,16 @@ def check_unsupported(request: SamplingFields) -> None:
 
 
 def sampling_params(request: SamplingFields, *, max_tokens: int, logprobs: int | None,
-                    prompt_logprobs: int | None = None) -> SamplingParams:
+                    prompt_logprobs: int | None = None, structured_outputs=None, controls: dict | None = None,
+                    skip_special_tokens: bool | None = None) -> SamplingParams:
     """The engine's `SamplingParams` (vLLM's defaults where a field is absent); its ValueErrors
-    become 400s naming the field."""
+    become 400s naming the field.
+
+    structured_outputs: the request's constraint (`request_structured_outputs`); controls: its
+    `logit_controls`; skip_special_tokens: overrides the request's (a tool parser reading
+    special-token markers needs them in the text)."""
+    if skip_special_tokens is None:
+        skip_special_tokens = request.skip_special_tokens
     try:
         return SamplingParams(
             n=request.n, best_of=request.best_of,
@@ -53,28 +58,29 @@ def sampling_params(request: SamplingFields, *, max_tokens: int, logprobs: int |
             seed=request.seed, stop=stop_strings(request.stop), stop_token_ids=tuple(request.stop_token_ids or ()),
             include_stop_str_in_output=request.include_stop_str_in_output, ignore_eos=request.ignore_eos,
             max_tokens=max_tokens, min_tokens=request.min_tokens, logprobs=logprobs,
-            prompt_logprobs=prompt_logprobs, skip_special_tokens=request.skip_special_tokens,
-            spaces_between_special_tokens=request.spaces_between_special_tokens)
+            prompt_logprobs=prompt_logprobs, skip_special_tokens=skip_special_tokens,
+            spaces_between_special_tokens=request.spaces_between_special_tokens,
+            structured_outputs=structured_outputs, **(controls or {}))
     except ValueError as error:
         raise from_value_error(error) from None
 
 
-def prompt_items(prompt, limits) -> list:
-    """A completions `prompt` (text, texts, token ids, lists of token ids) as a list of prompts,
-    each a string or a list of token ids; 400 for an empty one or too many."""
+def prompt_items(prompt, limits, param: str = "prompt") -> list:
+    """A completions `prompt` (text, texts, token ids, lists of token ids; or embeddings' `input`)
+    as a list of prompts, each a string or a list of token ids; 400 for an empty one or too many."""
     if isinstance(prompt, str):
         items = [prompt]
     elif not prompt:
-        raise bad_request("the prompt is empty", param="prompt")
+        raise bad_request("the prompt is empty", param=param)
     elif isinstance(prompt[0], int):
         items = [list(prompt)]
     else:
         items = list(prompt)
     if len(items) > limits.max_prompts_per_request:
         raise bad_request(f"{len(items)} prompts in one request; this server takes at most "
-                          f"{limits.max_prompts_per_request} (--max-prompts-per-request)", param="prompt")
+                          f"{limits.max_prompts_per_request} (--max-prompts-per-request)", param=param)
     if any(not item for item in items):
-        raise bad_request("the prompt is empty", param="prompt")
+        raise bad_request("the prompt is empty", param=param)
     return items
 
 

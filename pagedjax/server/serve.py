@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from pagedjax.config import EngineConfig
 from pagedjax.server.app import build_app
 from pagedjax.server.async_engine import AsyncEngine
+from pagedjax.server.chat_options import ChatOptions
 from pagedjax.server.metrics import ServerMetrics
 from pagedjax.server.limits import ServerLimits
 
@@ -36,6 +37,7 @@ class ServerOptions:
     limit_concurrency: connections (and requests) at once before uvicorn answers 503 (None: no limit).
     timeout_keep_alive: seconds an idle keep-alive connection stays open.
     max_header_bytes: the most bytes of a request line and headers (h11's incomplete-event limit).
+    chat: tool calling and reasoning of the chat endpoint (`ChatOptions`).
     """
 
     host: str = "127.0.0.1"
@@ -48,6 +50,7 @@ class ServerOptions:
     limit_concurrency: int | None = 1024
     timeout_keep_alive: float = 5.0
     max_header_bytes: int = 64 * 1024
+    chat: ChatOptions = ChatOptions()
 
     def uvicorn_settings(self) -> dict:
         return dict(timeout_graceful_shutdown=self.shutdown_timeout, limit_concurrency=self.limit_concurrency,
@@ -75,7 +78,8 @@ def build_server_app(engine_config: EngineConfig, options: ServerOptions, on_rea
               f"(persistent compilation cache: {jax.config.jax_compilation_cache_dir})", file=sys.stderr, flush=True)
     metrics = ServerMetrics(names[0])
     return build_app(AsyncEngine(engine, metrics), model_names=names, model_root=engine_config.model or names[0],
-                     api_key=options.api_key, metrics=metrics, on_ready=on_ready, limits=options.limits)
+                     api_key=options.api_key, metrics=metrics, on_ready=on_ready, limits=options.limits,
+                     chat_options=options.chat)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

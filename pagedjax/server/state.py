@@ -12,7 +12,8 @@ from fastapi.responses import StreamingResponse
 from pagedjax.outputs import RequestOutput
 from pagedjax.sampling_params import SamplingParams
 from pagedjax.server.async_engine import AsyncEngine, EngineRequestError
-from pagedjax.server.errors import APIError, from_value_error, server_error
+from pagedjax.server.chat_options import ChatOptions
+from pagedjax.server.errors import APIError, bad_request, from_value_error, server_error
 from pagedjax.server.generation import Generation
 from pagedjax.server.limits import ServerLimits
 from pagedjax.server.metrics import ServerMetrics
@@ -30,23 +31,58 @@ class ServerState:
         model_root: the model's path or hub id (reported by /v1/models).
         api_key: required as `Authorization: Bearer KEY` on /v1/* when set.
         metrics: the Prometheus metrics.
+        limits: the bounds of one request. chat_options: tool calling and reasoning.
     """
 
     def __init__(self, engine: AsyncEngine, tokenizer, model_names: list[str], model_root: str,
-                 api_key: str | None, metrics: ServerMetrics, limits: ServerLimits | None = None):
+                 api_key: str | None, metrics: ServerMetrics, limits: ServerLimits | None = None,
+                 chat_options: ChatOptions | None = None):
         if not model_names:
             raise ValueError("at least one served model name is required")
         self.engine, self.tokenizer, self.model_names = engine, tokenizer, list(model_names)
         self.model_root, self.api_key, self.metrics = model_root, api_key, metrics
         self.limits = limits or ServerLimits()
+        self.chat_options = chat_options or ChatOptions()
+        self._grammar_compiler = None  # the engine's, fetched from the engine thread once
+        self._embedder = None  # built on the engine thread at the first /v1/embeddings
         self.max_model_len = engine.max_model_len
         self.vocab_size = engine.vocab_size
+        self.hidden_size = engine.hidden_size
         self._executor = ThreadPoolExecutor(self.limits.tokenizer_workers, thread_name_prefix="pagedjax-tokenizer")
 
     async def offload(self, fn, *args, **kwargs):
         """Runs `fn(*args, **kwargs)` (tokenization, chat templates, decoding) on the tokenizer
         threads, so the event loop keeps answering (/health, other streams) meanwhile."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def check_grammar(self, params, param: str) -> None:
+        """Compiles a structured-output constraint on the tokenizer threads (into the engine's
+        grammar cache, so the engine thread then finds it compiled); a 400 naming `param` when
+        it does not compile."""
+        if params is None:
+            return
+        if self._grammar_compiler is None:
+            try:
+                self._grammar_compiler = await self.engine.call(lambda engine: engine.constraints.compiler)
+            except ValueError as error:  # no tokenizer
+                raise bad_request(str(error), param=param) from None
+        try:
+            await self.offload(self._grammar_compiler.compile, params)
+        except ValueError as error:
+            raise bad_request(f"{param}: {error}"[:2000], param=param) from None
+
+    async def embed(self, prompts: list[list[int]]):
+        """float32 `[N, hidden]` embeddings of token-id prompts, computed on the engine thread."""
+        from pagedjax.embeddings import Embedder
+
+        budget = self.limits.max_embedding_batch_tokens
+
+        def run(engine):
+            if self._embedder is None:  # NOTE: only the engine thread sets and reads it
+                self._embedder = Embedder.for_engine(engine, budget)
+            return self._embedder.embed(prompts)
+
+        return await self.engine.call(run)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -9,7 +9,8 @@ import openai
 import pytest
 
 from pagedjax.config import EngineConfig
-from tests.server.helpers import ALIAS, API_KEY, AUTH, ENGINE_OPTIONS, MODEL, REQUEST_TIMEOUT_S
+from tests.server.helpers import (ALIAS, API_KEY, AUTH, ENGINE_OPTIONS, MODEL, REQUEST_TIMEOUT_S, TOOL_CHAT_TEMPLATE,
+                                  TOOL_SERVER_OPTIONS)
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,46 @@ def server(engine_config):
     app = build_server_app(engine_config, ServerOptions(api_key=API_KEY, served_model_names=(MODEL, ALIAS)))
     with ServerThread(app) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def tool_model_dir(llama_dir, tmp_path_factory) -> str:
+    """The tiny Llama with a chat template that renders tools, tool calls and tool results."""
+    import os
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = str(tmp_path_factory.mktemp("llama-tools"))
+    for name in os.listdir(llama_dir):
+        if not name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(os.path.join(llama_dir, name), out)
+    tok = AutoTokenizer.from_pretrained(llama_dir)
+    tok.chat_template = TOOL_CHAT_TEMPLATE
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tool_server(tool_model_dir):
+    """A second server, as `pagedjax serve --enable-auto-tool-choice --tool-call-parser hermes
+    --reasoning-parser qwen3` starts it, over the tools-aware checkpoint."""
+    from pagedjax.server.chat_options import ChatOptions
+    from pagedjax.server.serve import ServerOptions, ServerThread, build_server_app
+
+    chat = ChatOptions(enable_auto_tool_choice=True, tool_call_parser="hermes", reasoning_parser="qwen3")
+    app = build_server_app(EngineConfig(model=tool_model_dir, **TOOL_SERVER_OPTIONS),
+                           ServerOptions(api_key=API_KEY, served_model_names=(MODEL,), chat=chat))
+    with ServerThread(app) as running:
+        yield running
+
+
+@pytest.fixture
+def tool_client(tool_server):
+    """The official OpenAI client on the tool server."""
+    with httpx.Client(trust_env=False) as transport:
+        yield openai.OpenAI(base_url=f"{tool_server.url}/v1", api_key=API_KEY, max_retries=0,
+                            timeout=REQUEST_TIMEOUT_S, http_client=transport)
 
 
 @pytest.fixture(scope="session")

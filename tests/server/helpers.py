@@ -14,6 +14,19 @@ ALIAS = "tiny-alias"
 # Small shapes keep compiles few; enough KV blocks for 16 running sequences of ~40 tokens.
 ENGINE_OPTIONS = dict(block_size=16, num_kv_blocks=64, max_model_len=128, max_num_seqs=16, max_num_batched_tokens=128)
 REQUEST_TIMEOUT_S = 120.0
+# The tool server's engine: longer contexts for tool lists and tool-call histories.
+TOOL_SERVER_OPTIONS = dict(ENGINE_OPTIONS, max_model_len=256)
+# A chat template that shows what reaches it: tool names, assistant tool calls (arguments as
+# objects), tool results with their call ids.
+TOOL_CHAT_TEMPLATE = (
+    "{% if tools %}<|system|>\ntools:{% for t in tools %} {{ t.function.name }}{% endfor %}</s>\n{% endif %}"
+    "{% for m in messages %}<|{{ m.role }}|>\n"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ {'name': c.function.name, "
+    "'arguments': c.function.arguments} | tojson }}</tool_call>{% endfor %}"
+    "{% elif m.role == 'tool' %}<tool_response {{ m.tool_call_id }}>{{ m.content }}</tool_response>"
+    "{% else %}{{ m.content }}{% endif %}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 def async_client(server, **kwargs) -> openai.AsyncOpenAI:

@@ -153,7 +153,7 @@ def test_precompile_cold_and_warm_start_then_sigterm_stops_within_seconds(llama_
                     s.__exit__(None, None, None)
                 except httpx.HTTPError:
                     pass
-        assert code == 0 and stopped_after < 10, (code, stopped_after)
+        assert code == 0 and stopped_after < 20, (code, stopped_after)  # ~4 s idle; a loaded 2-core box needs room
         print(f"{start} start: {times[start]:.1f} s to healthy ({compiled} shapes compiled); "
               f"stopped {stopped_after:.1f} s after SIGTERM")
         if start == "cold":

@@ -68,7 +68,9 @@ BAD_COMPLETIONS = [
     (dict(prompt=123), "prompt", None),  # wrong type: the validation error, as a 400
     (dict(prompt=["a", 1]), "prompt", None),
     (dict(stream=True, best_of=2), "best_of", None),
-    (dict(logit_bias={"1": 5}), "logit_bias", None),
+    (dict(logit_bias={"one": 5}), "logit_bias", None),
+    (dict(logit_bias={"1": 500}), "logit_bias", None),
+    (dict(logit_bias={str(10 ** 6): 1}), "logit_bias", None),
     (dict(suffix="!"), "suffix", None),
     (dict(stream_options={"include_usage": True}), "stream_options", None),
     (dict(stop=[""]), "stop", None),
@@ -95,8 +97,9 @@ BAD_CHATS = [
      "messages[0].content"),
     (dict(top_logprobs=2), "top_logprobs"),
     (dict(logprobs=True, top_logprobs=30), "top_logprobs"),
-    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
-    (dict(response_format={"type": "json_object"}), "response_format"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tool_choice"),  # "auto" needs the flags
+    (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "foo"}}}),
+     "response_format"),
     (dict(temperature=-0.5), "temperature"),
     (dict(messages=[{"role": "user", "content": "word " * 200}]), "messages"),
 ]

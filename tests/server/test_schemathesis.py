@@ -38,7 +38,8 @@ def test_no_generated_request_gets_a_5xx(server, http, mode):
             continue
         covered.add(operation.label)
     assert not failures, failures[:5]
-    assert {"POST /v1/completions", "POST /v1/chat/completions"} <= covered
+    assert {"POST /v1/completions", "POST /v1/chat/completions", "POST /v1/embeddings", "POST /tokenize",
+            "POST /detokenize"} <= covered
     assert calls >= 2 * EXAMPLES_PER_OPERATION
     stats = wait_until_idle(http, timeout_s=120)
     assert stats["num_free_kv_blocks"] == stats["num_kv_blocks"]
