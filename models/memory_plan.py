@@ -77,8 +77,12 @@ def memory_plan(cfg: ModelConfig, *, tensor_parallel_size: int = 1, expert_paral
     kv_itemsize = jnp.dtype(kv_dtype or dtype).itemsize
     kv_per_device = cfg.kv_bytes_per_token(kv_itemsize) * pool_kv_heads(cfg, tp) // (cfg.num_kv_heads * tp)
     moe = cfg.moe
-    experts, width = (0, 0) if moe is None else (
-        (moe.num_experts // tp, moe.intermediate_size) if expert_parallel else (moe.num_experts, moe.intermediate_size // tp))
+    if moe is None:
+        experts, width = 0, 0
+    elif expert_parallel:
+        experts, width = moe.num_experts // tp, moe.intermediate_size
+    else:
+        experts, width = moe.num_experts, moe.intermediate_size // tp
     return MemoryPlan(tensor_parallel_size=tp, expert_parallel=expert_parallel, param_bytes_total=params["total"],
                       param_bytes_per_device=params["per_device"], expert_bytes_total=params["experts_total"],
                       expert_bytes_per_device=params["experts_per_device"], experts_per_device=experts,

@@ -37,7 +37,8 @@ def test_plan_counts_every_weight_and_its_share(tp, expert_parallel):
     sharded = experts + vocab + attention - (kv_proj if kv_shared else 0)
     assert plan.param_bytes_per_device == sharded // tp + router + norms + (kv_proj if kv_shared else 0)
     assert plan.expert_bytes_per_device == experts // tp
-    assert (plan.experts_per_device, plan.expert_width_per_device) == ((E // tp, I) if expert_parallel else (E, I // tp))
+    held = (E // tp, I) if expert_parallel else (E, I // tp)  # whole experts, or a slice of each
+    assert (plan.experts_per_device, plan.expert_width_per_device) == held
     kv_heads_per_device = max(HKV, tp) // tp
     assert plan.kv_bytes_per_token_per_device == 2 * L * kv_heads_per_device * D * 2
     assert plan.kv_budget_bytes_per_device == 500_000 - plan.param_bytes_per_device
