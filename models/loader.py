@@ -39,7 +39,7 @@ from models.quantization.loading import (
 from models.registry import get_architecture
 from models.safetensors_io import SafetensorsFile
 from models.transformer import CausalLM, init_constant
-from models.weights import TensorMap, export_hf_tensors
+from models.weights import ExpertSlice, StackedExperts, TensorMap, export_hf_tensors
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _TORCH_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
@@ -238,6 +238,7 @@ def load_params(cfg: ModelConfig, model_dir: str, dtype,
         consumed |= names
     tied_alias = "lm_head.weight" if cfg.tie_word_embeddings else None
     loaded, unexpected = set(), []
+    expert_slices: dict[str, dict] = {}  # stacked parameter -> {expert: (read, transform)}
     for name, (st, stored_name) in stored.items():
         if name in consumed or arch.is_ignored(name) or name == tied_alias:
             continue  # a quantized layer's / non-parameter buffer / the tied head's duplicate of the embedding
@@ -252,6 +253,11 @@ def load_params(cfg: ModelConfig, model_dir: str, dtype,
         if have != want:
             misshapen.append(f"{stored_name}: checkpoint {have}, model expects {want}")
             continue
+        if isinstance(m.transform, ExpertSlice):  # one expert of a stacked parameter: stacked below
+            expert_slices.setdefault(m.ours[0], {})[m.transform.index] = (
+                lambda st=st, stored_name=stored_name: st.get(stored_name), m.transform)
+            loaded.add(name)
+            continue
         arrays = m.transform.to_ours(st.get(stored_name), [o.shape for o in ours])  # views of the memory map
         for p, target, array in zip(m.ours, ours, arrays):
             sharding = sharding_for(variables[p][0]) if sharding_for else None
@@ -260,6 +266,10 @@ def load_params(cfg: ModelConfig, model_dir: str, dtype,
     missing += sorted(set(maps) - loaded - set(quantized_by_map))
     _check_match(f"checkpoint {model_dir}", cfg, "tensors", missing,
                  unexpected, misshapen, unexpected_note=" (not used by the model)")
+    for p, slices in expert_slices.items():
+        target = variables[p][1].get_value()
+        sharding = sharding_for(variables[p][0]) if sharding_for else None
+        variables[p][1].set_value(_to_device(StackedExperts(target.shape, target.dtype, slices), target.dtype, sharding))
     return graphdef, nnx.from_flat_state(flat)
 
 

@@ -63,6 +63,8 @@ class EngineConfig:
     async_scheduling: bool = option(True, "schedule and prepare step N+1 while step N runs on the device")
     tensor_parallel_size: int = option(1, "devices to split the model over (tensor parallelism)",
                                         aliases=("-tp",))
+    enable_expert_parallel: bool = option(False, "split a mixture of experts' experts over the tensor-parallel "
+                                                 "devices instead of splitting each expert")
     attention_backend: str = option("auto", "auto: the Pallas kernels on GPU, the jnp reference elsewhere; "
                                              "pallas_interpret: the kernels in interpret mode (testing)",
                                      choices=ATTENTION_BACKENDS)

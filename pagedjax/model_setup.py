@@ -148,6 +148,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
         model_dir = resolve_checkpoint(model)
         check_checkpoint_dir(model_dir)
         cfg = ModelConfig.from_pretrained(model_dir, quantization=config.quantization)
+    cfg = cfg.with_expert_parallel(config.enable_expert_parallel)
     mesh, sharding_for = _tensor_parallel(cfg, config.tensor_parallel_size)
     tokenizer_path = resolve_checkpoint(config.tokenizer) if config.tokenizer else model_dir
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path and not config.skip_tokenizer_init else None
