@@ -25,6 +25,10 @@ from models.weights import TensorMap
 # Layouts a partition rule may name (models/sharding.py turns them into PartitionSpecs).
 COLUMN, COLUMN_KV, ROW, VOCAB_EMBED, VOCAB_HEAD, REPLICATED = (
     "column", "column_kv", "row", "vocab_embed", "vocab_head", "replicated")
+# Mixture-of-experts layouts: stacked expert kernels [E, in, out] (biases [E, out]) split inside
+# each expert (column: `out`, row: `in`) or, with expert parallelism, by expert (`E`); HEADS: a
+# per-query-head vector [Hq] (GPT-OSS's attention sinks) split like the heads.
+EXPERT_COLUMN, EXPERT_ROW, HEADS = "expert_column", "expert_row", "heads"
 
 # The rules of every family: checkpoints' fused tensors are split at load, so our parameters
 # have the same names and layouts whatever the family (Megatron layout; see models/sharding.py).
@@ -40,6 +44,18 @@ STANDARD_RULES: tuple[tuple[str, str], ...] = (
     (r"(norm|_layernorm|_norm|norms\.\d+)\.(weight|bias)", REPLICATED),
     (r"embed_positions\.embedding", REPLICATED),
     (r"project_(in|out)\.kernel", REPLICATED),
+)
+
+# Added in front of STANDARD_RULES by the mixture-of-experts families (models/families/_moe.py).
+MOE_RULES: tuple[tuple[str, str], ...] = (
+    (r"mlp\.router\.(kernel|bias)", REPLICATED),  # [hidden, E]: small; every device routes every token
+    (r"mlp\.experts\.(gate|up)_proj\.(kernel|bias)", EXPERT_COLUMN),
+    (r"mlp\.experts\.down_proj\.kernel", EXPERT_ROW),
+    (r"mlp\.experts\.down_proj\.bias", REPLICATED),  # added once, after the reduction
+    (r"mlp\.shared_expert\.(gate|up)_proj\.kernel", COLUMN),
+    (r"mlp\.shared_expert\.down_proj\.kernel", ROW),
+    (r"mlp\.shared_expert_gate\.kernel", REPLICATED),
+    (r"self_attn\.sinks", HEADS),
 )
 
 # Buffers, not parameters: rotary tables, and an fp8 KV cache's scales (read by pagedjax/model_setup.py).

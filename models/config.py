@@ -28,6 +28,13 @@ RESIDUAL_KINDS = ("sequential", "parallel")
 # "output" x + n(f(x)) (OLMo 2); "post" n(x + f(x)) (OPT-350m).
 NORM_PLACEMENTS = ("pre", "sandwich", "output", "post")
 QK_NORM_KINDS = ("head", "all_heads", "per_head")
+# How a router's logits become top-k expert weights (models/blocks/moe.py):
+#   softmax_topk  softmax over all experts, then the top k probabilities (Mixtral, Qwen-MoE)
+#   topk_softmax  the top k logits, then a softmax over those k (GPT-OSS)
+ROUTING_KINDS = ("softmax_topk", "topk_softmax")
+# An expert's feed-forward: "gated" act(gate(x)) * up(x) with the model's activation;
+# "clamped_swiglu" GPT-OSS's (up + 1) * g * sigmoid(alpha * g), g and up clamped to the limit.
+EXPERT_MLP_KINDS = ("gated", "clamped_swiglu")
 
 
 def _check_choice(field: str, value, choices) -> None:
@@ -78,6 +85,52 @@ class RopeConfig:
     def dim(self, head_dim: int) -> int:
         """Dims rotated per head."""
         return head_dim if self.rotary_dim is None else self.rotary_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeConfig:
+    """A mixture-of-experts feed-forward (HF's `num_experts`, `num_experts_per_tok`, ...).
+
+    A layer is sparse iff `layer not in dense_layers and (layer + 1) % sparse_step == 0`
+    (HF's `mlp_only_layers` and `decoder_sparse_step`); the other layers keep the dense MLP of
+    `ModelConfig.intermediate_size`. `expert_parallel` is not read from a checkpoint: it says how
+    the experts are laid out over a tensor-parallel mesh (EngineConfig.enable_expert_parallel).
+    """
+
+    num_experts: int
+    top_k: int  # experts per token
+    intermediate_size: int  # of each expert
+    routing: str = "softmax_topk"  # ROUTING_KINDS
+    norm_topk_prob: bool = False  # renormalise the k weights to sum to 1 (softmax_topk)
+    router_bias: bool = False  # GPT-OSS
+    expert_bias: bool = False  # biases on the experts' projections (GPT-OSS)
+    expert_mlp: str = "gated"  # EXPERT_MLP_KINDS
+    swiglu_limit: float = 7.0  # clamped_swiglu
+    swiglu_alpha: float = 1.702  # clamped_swiglu
+    shared_expert_intermediate_size: int = 0  # a dense expert every token takes (Qwen2-MoE); 0 = none
+    shared_expert_gate: bool = True  # the shared expert's output scaled by sigmoid(x . w)
+    dense_layers: tuple[int, ...] = ()  # HF mlp_only_layers
+    sparse_step: int = 1  # HF decoder_sparse_step
+    expert_parallel: bool = False  # experts split over the mesh instead of tensor parallel inside each
+
+    def __post_init__(self):
+        object.__setattr__(self, "dense_layers", tuple(int(i) for i in self.dense_layers))
+        for name in ("num_experts", "top_k", "intermediate_size", "sparse_step"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"moe {name} must be >= 1, got {getattr(self, name)}")
+        if self.top_k > self.num_experts:
+            raise ValueError(f"num_experts_per_tok ({self.top_k}) exceeds num_experts ({self.num_experts})")
+        _check_choice("moe routing", self.routing, ROUTING_KINDS)
+        _check_choice("moe expert_mlp", self.expert_mlp, EXPERT_MLP_KINDS)
+        if self.shared_expert_intermediate_size < 0:
+            raise ValueError(f"shared_expert_intermediate_size must be >= 0, got "
+                             f"{self.shared_expert_intermediate_size}")
+        if self.expert_mlp == "clamped_swiglu" and not (self.swiglu_limit > 0 and self.swiglu_alpha > 0):
+            raise ValueError(f"swiglu_limit and swiglu_alpha must be > 0, got {self.swiglu_limit}, {self.swiglu_alpha}")
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether `layer`'s feed-forward is this mixture (else the model's dense MLP)."""
+        return layer not in self.dense_layers and (layer + 1) % self.sparse_step == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +191,11 @@ class ModelConfig:
     layer_windows: tuple[int | None, ...] | None = None  # per-layer windows; None: every layer `sliding_window`
     clip_qkv: float | None = None  # clamp q, k, v to [-c, c] (OLMo, MPT)
     lm_head_normalized: bool = False  # rows of the LM head normalised at load (Baichuan 2)
+    # --- quantized linear layers (models/quantization/): config.json's quantization_config or
+    # the on-load option; None = every layer float
+    quantization: Any = None  # models.quantization.QuantizationConfig | None
+    attention_sinks: bool = False  # a learned per-head logit in each softmax's denominator (GPT-OSS)
+    moe: MoeConfig | None = None  # mixture-of-experts feed-forward; None = dense
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -185,6 +243,13 @@ class ModelConfig:
             raise ValueError(f"embed_dim must be None or >= 1, got {self.embed_dim}")
         if self.position == "learned" and self.position_offset < 0:
             raise ValueError(f"position_offset must be >= 0, got {self.position_offset}")
+        if self.quantization is not None:
+            from models.quantization.config import QuantizationConfig  # late: keeps this module light
+
+            if not isinstance(self.quantization, QuantizationConfig):
+                raise ValueError(f"quantization must be a QuantizationConfig or None, got {self.quantization!r}")
+        if self.moe is not None and any(not 0 <= i < self.num_layers for i in self.moe.dense_layers):
+            raise ValueError(f"mlp_only_layers {self.moe.dense_layers} name layers outside 0..{self.num_layers - 1}")
 
     # ------------------------------------------------------------------ derived
 
@@ -221,7 +286,19 @@ class ModelConfig:
         if self.attn_scale_by_layer:
             scale = scale / (layer + 1)
         return AttentionSpec(sm_scale=float(scale), sliding_window=self.layer_sliding_windows()[layer],
-                             logit_softcap=self.attn_logit_softcap, use_alibi=self.position == "alibi")
+                             logit_softcap=self.attn_logit_softcap, use_alibi=self.position == "alibi",
+                             use_sinks=self.attention_sinks)
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether `layer`'s feed-forward is a mixture of experts."""
+        return self.moe is not None and self.moe.is_sparse(layer)
+
+    def with_expert_parallel(self, enabled: bool) -> "ModelConfig":
+        """This config with its experts split over the mesh (`enabled`) or tensor-parallel inside
+        each expert; unchanged for a dense model."""
+        if self.moe is None or self.moe.expert_parallel == enabled:
+            return self
+        return dataclasses.replace(self, moe=dataclasses.replace(self.moe, expert_parallel=enabled))
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """Bytes of K and V cache one token needs over all layers."""
@@ -240,8 +317,13 @@ class ModelConfig:
     # ------------------------------------------------------------------ HF configs
 
     @classmethod
-    def from_hf_dict(cls, hf: Mapping[str, Any], **overrides) -> "ModelConfig":
-        """Builds the config from a parsed HF `config.json` through its family's `Architecture`."""
+    def from_hf_dict(cls, hf: Mapping[str, Any], *, quantization: str | None = None, **overrides) -> "ModelConfig":
+        """Builds the config from a parsed HF `config.json` through its family's `Architecture`.
+
+        `quantization`: the engine option (None: the checkpoint's own `quantization_config`, if
+        any; "int8" / "fp8": quantize a float checkpoint on load; or the checkpoint's method).
+        """
+        from models.quantization.config import QuantizationConfig
         from models.registry import get_architecture  # late import: the registry imports the families
 
         archs = hf.get("architectures") or []
@@ -250,7 +332,8 @@ class ModelConfig:
         arch = get_architecture(archs[0])
         fields = dict(arch.config_fields(hf))
         fields.update(architecture=archs[0], torch_dtype=hf.get("dtype") or hf.get("torch_dtype"),
-                      bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos_token_ids(hf))
+                      bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos_token_ids(hf),
+                      quantization=QuantizationConfig.from_hf_config(hf, quantization))
         fields.update(overrides)
         return cls(**fields)
 

@@ -11,6 +11,12 @@ twice in host memory. Given `sharding_for` (tensor parallelism), each device rec
 slice, read straight from the memory map: no device (and no host buffer) holds a whole
 sharded tensor, and in a multi-host run each process reads only its own devices' slices.
 
+Quantized checkpoints (`cfg.quantization`: config.json's `quantization_config`, or the
+on-load int8 / fp8 option) go through the same strict name map: each quantized layer's tensors
+(qweight / scales / ... by its format) replace its float weight, are converted on the host one
+layer at a time (fused layers split into our projections) and stay quantized on the device in
+a `QuantizedLinear` (models/quantization/).
+
 A directory written by `pagedjax convert` (marker file `ORBAX_MARKER`) holds the parameters
 as an orbax checkpoint instead: `load_params` restores it directly into the requested
 shardings, in parallel, with no name mapping, transposition or cast left to do.
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -28,10 +34,12 @@ import numpy as np
 from flax import nnx
 
 from models.config import ModelConfig
+from models.quantization.loading import (
+    QuantizedModule, install_quantized_linears, load_quantized_module, part_parallel, plan_quantized_modules)
 from models.registry import get_architecture
 from models.safetensors_io import SafetensorsFile
 from models.transformer import CausalLM, init_constant
-from models.weights import TensorMap, export_hf_tensors
+from models.weights import ExpertSlice, StackedExperts, TensorMap, export_hf_tensors
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _TORCH_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
@@ -103,10 +111,33 @@ def weight_map(cfg: ModelConfig) -> list[TensorMap]:
     return get_architecture(cfg.architecture).weight_map(cfg)
 
 
-def abstract_model(cfg: ModelConfig, dtype) -> tuple[nnx.GraphDef, nnx.State]:
-    """The model's graph definition and a state of ShapeDtypeStructs (allocates nothing)."""
+def abstract_model(cfg: ModelConfig, dtype, quantized: Mapping[str, QuantizedModule] | None = None, *,
+                   linear_backend: str = "auto", sharding_for: Callable[[tuple], jax.sharding.Sharding] | None = None
+                   ) -> tuple[nnx.GraphDef, nnx.State]:
+    """The model's graph definition and a state of ShapeDtypeStructs (allocates nothing).
+
+    `quantized` (`plan_quantized_modules`): projections that are `QuantizedLinear`s instead,
+    their matmul on `linear_backend`, placed on `sharding_for`'s mesh when given.
+    """
     abstract = nnx.eval_shape(lambda: CausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    if quantized:
+        install_quantized_linears(abstract, quantized, bias_dtype=dtype, backend=linear_backend,
+                                  sharding_for=sharding_for)
     return nnx.split(abstract)
+
+
+def quantization_plan(cfg: ModelConfig, dtype, checkpoint_dtypes: Mapping[str, np.dtype] | None = None,
+                      default_scale_dtype: str = "bfloat16", float_state: nnx.State | None = None
+                      ) -> dict[str, QuantizedModule]:
+    """The quantized layers of `cfg`'s model (`cfg.quantization`; {} when it has none), with
+    the scale dtypes of the checkpoint whose tensors' dtypes are `checkpoint_dtypes`.
+    `float_state`: the float model's abstract state, if built already (`abstract_model`)."""
+    if cfg.quantization is None:
+        return {}
+    state = abstract_model(cfg, dtype)[1] if float_state is None else float_state
+    shapes = {param_name(path): tuple(var.get_value().shape) for path, var in nnx.to_flat_state(state)}
+    return plan_quantized_modules(cfg.quantization, weight_map(cfg), shapes, checkpoint_dtypes,
+                                  default_scale_dtype)
 
 
 def hf_tensors(cfg: ModelConfig, state: nnx.State) -> dict[str, np.ndarray]:
@@ -165,49 +196,111 @@ def _check_match(source: str, cfg: ModelConfig, noun: str, missing: list, unexpe
 
 
 def load_params(cfg: ModelConfig, model_dir: str, dtype,
-                sharding_for: Callable[[tuple], jax.sharding.Sharding] | None = None) -> tuple[nnx.GraphDef, nnx.State]:
+                sharding_for: Callable[[tuple], jax.sharding.Sharding] | None = None, *,
+                linear_backend: str = "auto") -> tuple[nnx.GraphDef, nnx.State]:
     """Fills the model's parameters from `model_dir`'s safetensors files (or its orbax checkpoint,
     see `is_orbax_checkpoint`).
 
     `sharding_for(path)` gives each parameter's target sharding (default: the default device).
+    Quantized layers (`cfg.quantization`) are converted one checkpoint layer at a time on the
+    host and stay quantized on the device, their matmul on `linear_backend`.
     Raises `CheckpointError` naming the missing, unexpected or misshapen tensors.
     """
     if is_orbax_checkpoint(model_dir):
+        if cfg.quantization is not None:
+            raise CheckpointError(f"{model_dir} is an orbax checkpoint (`pagedjax convert`); quantized models"
+                                  " load from their safetensors checkpoint only")
         return restore_orbax_params(cfg, model_dir, dtype, sharding_for)
     arch = get_architecture(cfg.architecture)
-    graphdef, abstract_state = abstract_model(cfg, dtype)
+    stored = {}  # canonical tensor name -> (file, its name in the file)
+    for file in checkpoint_files(model_dir):
+        st = SafetensorsFile(file)
+        stored.update((arch.checkpoint_name(name), (st, name)) for name in st.names())
+    try:
+        plan = quantization_plan(cfg, dtype, {name: st.dtype(n) for name, (st, n) in stored.items()})
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {model_dir}: {e}") from e
+    graphdef, abstract_state = abstract_model(cfg, dtype, plan, linear_backend=linear_backend,
+                                              sharding_for=sharding_for)
     flat = list(nnx.to_flat_state(abstract_state))
     variables = {param_name(path): (path, var) for path, var in flat}
     maps = {m.hf: m for m in arch.weight_map(cfg)}
-    unmapped = sorted(set(variables) - {p for m in maps.values() for p in m.ours})
+    quantized_by_map = {module.tensor_map.hf: module for module in plan.values()}
+    filled = {p for m in maps.values() if m.hf not in quantized_by_map for p in m.ours}
+    filled |= {f"{part}.{name}" for module in plan.values()
+               for part, layout in zip(module.parts, module.layouts) for name in layout.param_specs()}
+    unmapped = sorted(set(variables) - filled)
     if unmapped:  # a bug of the family's weight map, not of the checkpoint
         raise AssertionError(f"{cfg.architecture}'s weight map fills no tensor for parameters {unmapped}")
+    missing, misshapen, consumed = [], [], set()
+    for module in plan.values():
+        names = _load_quantized(module, stored, variables, sharding_for, missing, misshapen)
+        consumed |= names
     tied_alias = "lm_head.weight" if cfg.tie_word_embeddings else None
-    loaded, unexpected, misshapen = set(), [], []
-    for file in checkpoint_files(model_dir):
-        st = SafetensorsFile(file)
-        for stored in st.names():
-            name = arch.checkpoint_name(stored)
-            if arch.is_ignored(name) or name == tied_alias:
-                continue  # non-parameter buffer / the tied head's duplicate of the embedding
-            m = maps.get(name)
-            if m is None:
-                unexpected.append(f"{stored} (in {os.path.basename(file)})")
-                continue
-            ours = [variables[p][1].get_value() for p in m.ours]
-            want = tuple(m.transform.hf_shape([o.shape for o in ours]))
-            have = tuple(st.shape(stored))
-            if have != want:
-                misshapen.append(f"{stored}: checkpoint {have}, model expects {want}")
-                continue
-            arrays = m.transform.to_ours(st.get(stored), [o.shape for o in ours])  # views of the memory map
-            for p, target, array in zip(m.ours, ours, arrays):
-                sharding = sharding_for(variables[p][0]) if sharding_for else None
-                variables[p][1].set_value(_to_device(array, target.dtype, sharding))
+    loaded, unexpected = set(), []
+    expert_slices: dict[str, dict] = {}  # stacked parameter -> {expert: (read, transform)}
+    for name, (st, stored_name) in stored.items():
+        if name in consumed or arch.is_ignored(name) or name == tied_alias:
+            continue  # a quantized layer's / non-parameter buffer / the tied head's duplicate of the embedding
+        m = maps.get(name)
+        if m is None or m.hf in quantized_by_map:
+            if not _is_zero_bias_of_quantized(name, plan, st.get(stored_name)):
+                unexpected.append(f"{stored_name} (in {os.path.basename(st.path)})")
+            continue
+        ours = [variables[p][1].get_value() for p in m.ours]
+        want = tuple(m.transform.hf_shape([o.shape for o in ours]))
+        have = tuple(st.shape(stored_name))
+        if have != want:
+            misshapen.append(f"{stored_name}: checkpoint {have}, model expects {want}")
+            continue
+        if isinstance(m.transform, ExpertSlice):  # one expert of a stacked parameter: stacked below
+            expert_slices.setdefault(m.ours[0], {})[m.transform.index] = (
+                lambda st=st, stored_name=stored_name: st.get(stored_name), m.transform)
             loaded.add(name)
-    _check_match(f"checkpoint {model_dir}", cfg, "tensors", sorted(set(maps) - loaded),
+            continue
+        arrays = m.transform.to_ours(st.get(stored_name), [o.shape for o in ours])  # views of the memory map
+        for p, target, array in zip(m.ours, ours, arrays):
+            sharding = sharding_for(variables[p][0]) if sharding_for else None
+            variables[p][1].set_value(_to_device(array, target.dtype, sharding))
+        loaded.add(name)
+    missing += sorted(set(maps) - loaded - set(quantized_by_map))
+    _check_match(f"checkpoint {model_dir}", cfg, "tensors", missing,
                  unexpected, misshapen, unexpected_note=" (not used by the model)")
+    for p, slices in expert_slices.items():
+        target = variables[p][1].get_value()
+        sharding = sharding_for(variables[p][0]) if sharding_for else None
+        variables[p][1].set_value(_to_device(StackedExperts(target.shape, target.dtype, slices), target.dtype, sharding))
     return graphdef, nnx.from_flat_state(flat)
+
+
+def _load_quantized(module: QuantizedModule, stored: dict, variables: dict, sharding_for,
+                    missing: list, misshapen: list) -> set[str]:
+    """Converts one quantized checkpoint layer and fills its parts' arrays; returns the tensor
+    names it used (problems go to `missing` / `misshapen`)."""
+    required, optional = module.tensor_names()
+    absent = [name for name in required.values() if name not in stored]
+    if absent:
+        missing.extend(absent)
+        return set()
+    names = {**required, **{role: name for role, name in optional.items() if name in stored}}
+    tensors = {role: stored[name][0].get(stored[name][1]) for role, name in names.items()}
+    try:
+        weights = load_quantized_module(module, tensors)
+    except ValueError as e:
+        misshapen.append(str(e))
+        return set(names.values())
+    for part, weight in zip(module.parts, weights):
+        parallel = part_parallel(part, sharding_for)
+        shardings = parallel.shardings(weight.layout) if parallel else {}
+        for name, array in weight.arrays.items():
+            variables[f"{part}.{name}"][1].set_value(jax.device_put(array, shardings.get(name)))
+    return set(names.values())
+
+
+def _is_zero_bias_of_quantized(name: str, plan: Mapping[str, QuantizedModule], tensor) -> bool:
+    """GPTQ / AWQ tools may save an all-zero `bias` for layers that have none (vLLM skips them)."""
+    prefix, _, leaf = name.rpartition(".")
+    return leaf == "bias" and prefix in plan and not np.any(np.asarray(tensor, np.float32))
 
 
 def restore_orbax_params(cfg: ModelConfig, model_dir: str, dtype,

@@ -11,7 +11,7 @@ from models.architecture import Architecture
 # Family modules under models/families/, each declaring ARCHITECTURES.
 FAMILY_MODULES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_bigcode", "opt", "gptj", "gpt_neox",
                   "falcon", "bloom", "mpt", "gemma", "phi", "phi3", "starcoder2", "olmo", "stablelm", "granite",
-                  "internlm2", "baichuan")
+                  "internlm2", "baichuan", "mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss")
 
 
 def _collect() -> tuple[Mapping[str, Architecture], Mapping[str, str]]:

@@ -25,12 +25,34 @@ checkpoint tensors are split at load, so one table serves them all — models/ar
 
   KV pool `[num_layers, 2, pool_kv_heads, num_blocks, block_size, head_dim]`: P(None, None, tp).
 
+Mixtures of experts (models/blocks/moe.py; rules in architecture.MOE_RULES). Experts' kernels
+are stacked `[E, in, out]` (biases `[E, out]`) and split one of two ways:
+
+  =====================================  ==============================  ======================
+  parameter                              tensor parallel inside experts  expert parallel
+  =====================================  ==============================  ======================
+  experts.gate_proj / up_proj kernel     P(None, None, tp)               P(tp, None, None)
+  experts.gate_proj / up_proj bias       P(None, tp)                     P(tp, None)
+  experts.down_proj kernel               P(None, tp, None)               P(tp, None, None)
+  experts.down_proj bias, router         replicated                      replicated
+  shared_expert (Qwen2-MoE)              column / row, like an MLP       column / row
+  self_attn.sinks [Hq] (GPT-OSS)         P(tp), like the heads           P(tp)
+  =====================================  ==============================  ======================
+
+  Expert parallelism (`enable_expert_parallel`, vLLM's name) is `ModelConfig.moe.expert_parallel`:
+  device d holds experts [d * E/N, (d + 1) * E/N) whole. Either way every device routes every
+  token (activations are replicated between layers), computes the (token, expert) pairs of its
+  share and the partial outputs are summed over the mesh: one all-reduce per MoE layer, the same
+  as a dense row-parallel MLP (vLLM's "naive" dispatch without all-to-all).
+
   The logits come out vocab-parallel and GSPMD partitions the sampler over the vocabulary
   (all-reduced max/sum, a distributed sort for top-p); a step's results are then constrained
   to be replicated, so every device (and host) holds them whole.
 
 What N must divide (`check_tensor_parallel` raises a ValueError naming the number):
   * num_attention_heads and intermediate_size (column/row-parallel splits);
+  * a MoE's expert intermediate size (tensor parallel) or its number of experts (expert
+    parallel), and a shared expert's intermediate size; intermediate_size only when some layer is dense;
   * num_kv_heads, or else N must be a multiple of num_kv_heads: then each KV head is
     replicated N / num_kv_heads times (vLLM's scheme). The k/v projections stay replicated
     (every device computes all KV heads: they are a small part of the FLOPs) and the pool holds
@@ -60,7 +82,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from models.architecture import COLUMN, COLUMN_KV, REPLICATED, ROW, VOCAB_EMBED, VOCAB_HEAD
+from models.architecture import (
+    COLUMN, COLUMN_KV, EXPERT_COLUMN, EXPERT_ROW, HEADS, REPLICATED, ROW, VOCAB_EMBED, VOCAB_HEAD)
 from models.config import ModelConfig
 from models.registry import ARCHITECTURES
 
@@ -111,8 +134,21 @@ def check_tensor_parallel(cfg: ModelConfig, tp: int) -> None:
     if cfg.num_kv_heads % tp and tp % cfg.num_kv_heads:
         raise ValueError(f"tensor_parallel_size ({tp}) must divide num_key_value_heads ({cfg.num_kv_heads}) "
                          f"or be a multiple of it (KV heads are then replicated)")
-    if cfg.intermediate_size % tp:
+    has_dense_layer = any(not cfg.is_moe_layer(i) for i in range(cfg.num_layers))
+    if has_dense_layer and cfg.intermediate_size % tp:
         raise ValueError(f"tensor_parallel_size ({tp}) must divide intermediate_size ({cfg.intermediate_size})")
+    moe = cfg.moe
+    if moe is None:
+        return
+    if moe.expert_parallel and moe.num_experts % tp:
+        raise ValueError(f"with expert parallelism, tensor_parallel_size ({tp}) must divide num_experts "
+                         f"({moe.num_experts})")
+    if not moe.expert_parallel and moe.intermediate_size % tp:
+        raise ValueError(f"tensor_parallel_size ({tp}) must divide the experts' intermediate size "
+                         f"({moe.intermediate_size}); or enable expert parallelism")
+    if moe.shared_expert_intermediate_size % tp:
+        raise ValueError(f"tensor_parallel_size ({tp}) must divide shared_expert_intermediate_size "
+                         f"({moe.shared_expert_intermediate_size})")
 
 
 def pool_kv_heads(cfg: ModelConfig, tp: int) -> int:
@@ -141,11 +177,28 @@ def layout_of(architecture: str, path: tuple) -> str:
     raise ValueError(f"no partition rule matches parameter {name!r} of {architecture}")
 
 
+def expert_spec(layout: str, leaf: str, expert_parallel: bool) -> P:
+    """The PartitionSpec of a stacked expert kernel `[E, in, out]` or bias `[E, out]`."""
+    if expert_parallel:
+        return P(TP_AXIS, None) if leaf == "bias" else P(TP_AXIS, None, None)
+    if layout == EXPERT_COLUMN:
+        return P(None, TP_AXIS) if leaf == "bias" else P(None, None, TP_AXIS)
+    if layout == EXPERT_ROW and leaf == "kernel":
+        return P(None, TP_AXIS, None)
+    raise ValueError(f"no expert partition for layout {layout!r} of a {leaf!r}")
+
+
 def _spec(layout: str, leaf: str, cfg: ModelConfig, tp: int) -> P:
     replicate_kv = cfg.num_kv_heads % tp != 0
     shard_vocab = cfg.vocab_size % tp == 0
     if layout == REPLICATED or (layout == COLUMN_KV and replicate_kv):
         return P()
+    if layout in (EXPERT_COLUMN, EXPERT_ROW):
+        if cfg.moe is None:
+            raise ValueError(f"{cfg.architecture} has no experts for layout {layout!r}")
+        return expert_spec(layout, leaf, cfg.moe.expert_parallel)
+    if layout == HEADS:  # [Hq]
+        return P(TP_AXIS)
     if layout in (COLUMN, COLUMN_KV):  # kernel [in, out] or bias [out]: the output dim
         return P(TP_AXIS) if leaf == "bias" else P(None, TP_AXIS)
     if layout == ROW:  # kernel [in, out]: the input dim
@@ -187,3 +240,37 @@ def kv_pool_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     """Every device holds the whole array (host inputs of a step, scalars)."""
     return NamedSharding(mesh, P())
+
+
+def param_shapes(cfg: ModelConfig) -> list[tuple[tuple, tuple[int, ...]]]:
+    """(nnx state path, shape) of every parameter of `cfg` (allocates nothing). The same for both
+    expert layouts: pass it to `param_bytes_per_device` to plan several meshes of one model."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from models.loader import abstract_model  # late import: the loader imports the registry too
+
+    _, state = abstract_model(cfg, jnp.float32)
+    return [(tuple(path), tuple(var.get_value().shape)) for path, var in nnx.to_flat_state(state)]
+
+
+def param_bytes_per_device(cfg: ModelConfig, dtype, tp: int, shapes=None) -> dict[str, int]:
+    """Parameter bytes of `cfg` in `dtype`: `total`, and what each of `tp` devices holds
+    (`per_device`) under the partition rules (`cfg.moe.expert_parallel` picks the experts'
+    layout); of them the routed experts' (`experts_total`, `experts_per_device`). Every device
+    holds the same bytes (every split is even). `shapes`: `param_shapes(cfg)`, if at hand.
+    Allocates nothing."""
+    import jax.numpy as jnp
+
+    check_tensor_parallel(cfg, tp)
+    itemsize = jnp.dtype(dtype).itemsize
+    total = per_device = experts = experts_total = 0
+    for path, shape in shapes if shapes is not None else param_shapes(cfg):
+        spec = tuple(partition_spec(cfg, path, tp)) + (None,) * len(shape)
+        local = int(np.prod([d // tp if axis == TP_AXIS else d for d, axis in zip(shape, spec)]))
+        total += int(np.prod(shape)) * itemsize
+        per_device += local * itemsize
+        if "experts" in (str(p) for p in path):
+            experts += local * itemsize
+            experts_total += int(np.prod(shape)) * itemsize
+    return {"total": total, "per_device": per_device, "experts_total": experts_total, "experts_per_device": experts}

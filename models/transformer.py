@@ -11,6 +11,9 @@ their leading axes: the engine runs packed tokens `[num_tokens, hidden]`, static
     x = layers(x)          (models/blocks/decoder.py)
     hidden = norm(x)       (unless final_norm is off)
     logits = lm_head([project_out](hidden)) [/ logits_scaling] [-> cap * tanh(. / cap)]
+
+Any linear layer may be a `QuantizedLinear` instead (the loader puts one in place of each
+quantized projection, models/quantization/loading.py): same call, weights quantized.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from models.blocks.decoder import DecoderLayer
 from models.blocks.norms import Norm, NormSpec
 from models.blocks.rope import rope_cos_sin
 from models.config import ModelConfig
+from models.quantization.linear import QuantizedLinear
 
 
 class CausalLM(nnx.Module):
@@ -74,6 +78,8 @@ class CausalLM(nnx.Module):
         if self.lm_head is None:
             table = self.embed_tokens.embedding[...]  # [vocab, E]
             logits = jnp.einsum("...h,vh->...v", hidden, table, preferred_element_type=jnp.float32)
+        elif isinstance(self.lm_head, QuantizedLinear):  # logits in the model dtype, then float32 (vLLM)
+            logits = self.lm_head(hidden).astype(jnp.float32)  # [..., vocab]
         else:
             kernel = self.lm_head.kernel[...]  # [E, vocab]
             logits = jnp.einsum("...h,hv->...v", hidden, kernel, preferred_element_type=jnp.float32)

@@ -17,6 +17,11 @@ inverse, for writing checkpoints):
                 InternLM2); with q_per_kv = 1 it is the per-head [H, 3, D] layout of GPT-NeoX,
                 BLOOM and Falcon-RW
   NormalizeRows the LM head of Baichuan 2 (NormHead): rows scaled to unit norm at load
+  ExpertSlice   one expert's tensor of a mixture (Mixtral's experts.3.w1.weight): slice `index`
+                of our stacked parameter `[num_experts, in, out]` (`inner` maps the slice); the
+                loader stacks a parameter's slices (`StackedExperts`) and sends it as one array
+  Interleaved   parts alternating along the last axis (GPT-OSS's gate_up_proj [E, in, 2 * out]:
+                gate = [..., 0::2], up = [..., 1::2]), weight or bias
 """
 
 from __future__ import annotations
@@ -151,6 +156,68 @@ class NormalizeRows(Transform):
 
 
 @dataclasses.dataclass(frozen=True)
+class ExpertSlice(Transform):
+    """Expert `index` of a stacked parameter `[num_experts, ...]`: the checkpoint holds one
+    tensor per expert, mapped to the slice by `inner` (TRANSPOSE for an nn.Linear weight)."""
+
+    index: int
+    inner: Transform = TRANSPOSE
+
+    def hf_shape(self, ours):
+        return self.inner.hf_shape([tuple(ours[0])[1:]])
+
+    def to_ours(self, tensor, ours):
+        """The slice (the loader places it at `index` of the stacked parameter)."""
+        return self.inner.to_ours(tensor, [tuple(ours[0])[1:]])
+
+    def to_hf(self, arrays):
+        return self.inner.to_hf([np.asarray(arrays[0])[self.index]])
+
+
+@dataclasses.dataclass(frozen=True)
+class Interleaved(Transform):
+    """Parts alternating along the last axis: `[..., parts * n]` -> `parts` arrays `[..., n]`."""
+
+    parts: int = 2
+
+    def hf_shape(self, ours):
+        return tuple(ours[0])[:-1] + (sum(s[-1] for s in ours),)
+
+    def to_ours(self, tensor, ours):
+        return [tensor[..., i::self.parts] for i in range(self.parts)]
+
+    def to_hf(self, arrays):
+        arrays = [np.asarray(a) for a in arrays]
+        return np.stack(arrays, axis=-1).reshape(*arrays[0].shape[:-1], -1)
+
+
+class StackedExperts:
+    """A stacked expert parameter `[num_experts, ...]` assembled lazily from per-expert
+    checkpoint tensors: indexing reads only the experts (and the part of each) asked for, so
+    a device of an expert-parallel (or tensor-parallel) mesh reads only its own slice.
+
+    `slices[e]` = (read() -> the checkpoint tensor of expert e, its ExpertSlice transform)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype, slices):
+        self.shape, self.dtype, self._slices = tuple(shape), np.dtype(dtype), slices
+        if sorted(slices) != list(range(shape[0])):
+            raise ValueError(f"stacked experts need slices 0..{shape[0] - 1}, got {sorted(slices)}")
+
+    def _expert(self, e: int) -> np.ndarray:
+        read, transform = self._slices[e]
+        (array,) = transform.to_ours(read(), [self.shape])
+        return array
+
+    def __getitem__(self, index):
+        if index is Ellipsis:
+            index = ()
+        index = index if isinstance(index, tuple) else (index,)
+        index = index + (slice(None),) * (len(self.shape) - len(index))
+        experts = range(*index[0].indices(self.shape[0]))
+        return np.stack([np.asarray(self._expert(e)[index[1:]]) for e in experts])
+
+
+@dataclasses.dataclass(frozen=True)
 class TensorMap:
     """One checkpoint tensor and the parameters it fills."""
 
@@ -193,6 +260,12 @@ def norm(hf: str, ours: str, *, scale: bool = True, bias: bool = False) -> list[
 def embedding(hf: str, ours: str) -> list[TensorMap]:
     """An nn.Embedding `[rows, dim]`."""
     return [TensorMap(f"{hf}.weight", (f"{ours}.embedding",))]
+
+
+def stacked_experts(hf: str, ours: str, num_experts: int, inner: Transform = TRANSPOSE) -> list[TensorMap]:
+    """Per-expert checkpoint tensors `hf.format(e)` (e.g. `...experts.{}.w1.weight`) as the
+    slices of our stacked parameter `ours` `[num_experts, in, out]`."""
+    return [TensorMap(hf.format(e), (ours,), ExpertSlice(e, inner)) for e in range(num_experts)]
 
 
 def export_hf_tensors(weight_map: Sequence[TensorMap], params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

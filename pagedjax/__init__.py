@@ -5,9 +5,13 @@
     outputs = llm.generate(["Hello"], SamplingParams(temperature=0.0, max_tokens=32))
 """
 
-from pagedjax.llm import LLM
-from pagedjax.outputs import BeamSearchOutput, BeamSequence, CompletionOutput, Logprob, RequestOutput
-from pagedjax.sampling_params import BeamSearchParams, SamplingParams
+from pagedjax._platform import prefer_cpu_without_gpu_driver
+
+prefer_cpu_without_gpu_driver()  # before jax is imported
+
+from pagedjax.llm import LLM  # noqa: E402
+from pagedjax.outputs import BeamSearchOutput, BeamSequence, CompletionOutput, Logprob, RequestOutput  # noqa: E402
+from pagedjax.sampling_params import BeamSearchParams, SamplingParams  # noqa: E402
 
 __all__ = ["LLM", "SamplingParams", "BeamSearchParams", "RequestOutput", "CompletionOutput", "Logprob",
            "BeamSearchOutput", "BeamSequence"]

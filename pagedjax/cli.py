@@ -29,25 +29,38 @@ def _add_generate(sub) -> None:
 
 
 def _run_generate(args) -> int:
+    from pagedjax.cli_output import ProgressLine, printable
     from pagedjax.engine_args import engine_config_from_args
     from pagedjax.llm import LLM
     from pagedjax.sampling_params import SamplingParams
 
+    if not args.prompt:  # before loading anything, as LLM.generate and the server reject it
+        raise ValueError("prompt is empty (--prompt ''): give at least one character")
     config = engine_config_from_args(args, args.model)
-    llm = LLM(**{f: getattr(config, f) for f in config.field_names()})
+    with ProgressLine(f"loading {args.model or 'the built-in model'}"):
+        llm = LLM(**{f: getattr(config, f) for f in config.field_names()})
+    if llm.engine.loaded.model_dir is None:  # a preset: said once, on stderr
+        print(f"pagedjax: note: {args.model} is a preset: real shapes but random weights, so its output is noise "
+              f"(leave out --model for the built-in trained model)", file=sys.stderr)
+    if llm.get_tokenizer() is None:
+        raise ValueError(f"{args.model or 'the model'} has no tokenizer to turn --prompt into tokens: pass "
+                         f"--tokenizer DIR_OR_HUB_ID" + (" (or drop --skip-tokenizer-init)"
+                                                         if args.skip_tokenizer_init else ""))
     params = SamplingParams(temperature=0.0 if args.temperature is None else args.temperature,
                             max_tokens=args.max_tokens, ignore_eos=args.ignore_eos, seed=args.seed)
     compile_before = llm.stats()["compile_seconds"]
     start = time.perf_counter()
-    (out,) = llm.generate(args.prompt, params, use_tqdm=False)
+    # a new process compiles its steps; a warm persistent cache makes that quick (and the line stays unwritten)
+    with ProgressLine("compiling the model's steps (the first run; later runs load them from the cache)"):
+        (out,) = llm.generate(args.prompt, params, use_tqdm=False)
     compile_seconds = llm.stats()["compile_seconds"] - compile_before
     elapsed = time.perf_counter() - start - compile_seconds
     completion = out.outputs[0]
-    if args.json:
+    if args.json:  # JSON escapes control characters itself
         print(json.dumps({"prompt_token_ids": out.prompt_token_ids, "token_ids": list(completion.token_ids),
                           "text": completion.text}))
     else:
-        print(completion.text)
+        print(printable(completion.text))
     n = len(completion.token_ids)
     print(f"{n} tokens in {elapsed:.3f} s ({n / max(elapsed, 1e-9):.1f} tokens/s; "
           f"{compile_seconds:.1f} s of compilation excluded)", file=sys.stderr)
@@ -97,9 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pagedjax.cli_output import quiet_transformers_notices
+
+    quiet_transformers_notices()  # before anything imports transformers
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:  # bad input: a clear message, not a traceback
+    except ValueError as e:  # bad input (incl. model_checks.ModelNotFoundError): one line, not a traceback
         print(f"pagedjax: error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ ATTENTION_BACKENDS = ("auto", "pallas", "reference", "pallas_interpret")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # vLLM's kv_cache_dtype names (pallas_kernels/kv_pool.py; a test keeps the two equal)
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "int8")
+# `quantization`: a checkpoint's method (must match its config.json), or int8 / fp8 on load.
+QUANTIZATION_METHODS = ("gptq", "awq", "compressed-tensors", "fp8", "int8")
 # vLLM's defaults of max_num_batched_tokens: the offline LLM's, and the API server's.
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 DEFAULT_SERVER_MAX_NUM_BATCHED_TOKENS = 2048
@@ -61,10 +63,16 @@ class EngineConfig:
     async_scheduling: bool = option(True, "schedule and prepare step N+1 while step N runs on the device")
     tensor_parallel_size: int = option(1, "devices to split the model over (tensor parallelism)",
                                         aliases=("-tp",))
+    enable_expert_parallel: bool = option(False, "split a mixture of experts' experts over the tensor-parallel "
+                                                 "devices instead of splitting each expert")
     attention_backend: str = option("auto", "auto: the Pallas kernels on GPU, the jnp reference elsewhere; "
                                              "pallas_interpret: the kernels in interpret mode (testing)",
                                      choices=ATTENTION_BACKENDS)
     max_logprobs: int = option(MAX_LOGPROBS, "the most logprobs a request may ask for per token")
+    quantization: str | None = option(None, "weight quantization: default the checkpoint's own (gptq, awq, "
+                                             "compressed-tensors, fp8); int8 / fp8 quantize a float checkpoint "
+                                             "on load, per channel", choices=QUANTIZATION_METHODS,
+                                      aliases=("-q",))
 
     def __post_init__(self):
         _check_types(self)
@@ -85,6 +93,8 @@ class EngineConfig:
                               ("kv_cache_dtype", KV_CACHE_DTYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.quantization is not None and self.quantization not in QUANTIZATION_METHODS:
+            raise ValueError(f"quantization must be None or one of {QUANTIZATION_METHODS}, got {self.quantization!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -1,11 +1,15 @@
-"""The built-in default model: a tiny random-weight Llama with a trained byte-level BPE tokenizer.
+"""The built-in default model, and the tokenizer and checkpoint helpers the tests share.
 
-It needs no network and no PyTorch: the tokenizer is trained with `tokenizers` on text that
-ships with Python (module docstrings of the standard library), the config is written through
-`transformers.LlamaConfig`, and the weights are drawn with numpy (std 0.15, so greedy output
-does not collapse into one repeated token) and saved as safetensors. It is built once and
-cached under `$PAGEDJAX_CACHE` or the user's cache directory (`~/.cache/pagedjax`).
-The tests build their own checkpoints of every architecture with the same tokenizer.
+`default_model_dir()` returns the checkpoint that ships inside the package
+(`pagedjax/assets/default_model/`): a small Llama (4 layers, hidden 192, 2048-token byte-level
+BPE vocabulary, float16 safetensors) trained by `python -m pagedjax.train_default_model` on
+Python's own documentation (`pagedjax.docs_corpus`), so it writes Python-documentation-like
+English. No training, no network and no PyTorch are needed to use it. The checkpoint's
+config says float32, so `dtype="auto"` computes in float32 (the stored float16 is cast on load).
+
+The tests build their own tiny random-weight checkpoints of every architecture with
+`train_tokenizer()` (512 tokens trained on a few standard-library modules' docstrings) and
+`write_random_checkpoint`-style helpers; those stay as they were.
 """
 
 from __future__ import annotations
@@ -16,14 +20,12 @@ import io
 import inspect
 import json
 import os
-import shutil
-import tempfile
 import warnings
 
 import numpy as np
 
-DEFAULT_MODEL_NAME = "tiny-llama-default"
-_FORMAT_VERSION = 1  # bump when the default checkpoint changes, so caches are rebuilt
+DEFAULT_MODEL_NAME = "pydoc-llama"  # what `LLM()` and the server's /v1/models call the built-in model
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "default_model")
 _CORPUS_MODULES = (
     "os", "json", "collections", "itertools", "functools", "re", "string", "textwrap", "pathlib",
     "typing", "dataclasses", "argparse", "logging", "asyncio", "subprocess", "threading", "random",
@@ -45,7 +47,8 @@ def cache_dir() -> str:
 
 
 def training_corpus() -> list[str]:
-    """Paragraphs of English and code-ish text from the standard library's docstrings."""
+    """The test tokenizer's text: the Zen of Python and the docstrings of a few imported
+    standard-library modules (the default model's own corpus is `docs_corpus.shipped_corpus`)."""
     with contextlib.redirect_stdout(io.StringIO()):  # `import this` prints the Zen of Python
         import this
     zen = "".join(this.d.get(c, c) for c in this.s)
@@ -67,8 +70,9 @@ def _module_docstrings() -> list[str]:
     return texts
 
 
-def train_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE `PreTrainedTokenizerFast` with `<s>`/`</s>` and a small chat template."""
+def train_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None):
+    """A byte-level BPE `PreTrainedTokenizerFast` with `<s>`/`</s>` and a small chat template,
+    trained on `corpus` (default: `training_corpus()`, the tests' tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -77,7 +81,7 @@ def train_tokenizer(vocab_size: int = 512):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(training_corpus(), trainer=trainer)
+    tok.train_from_iterator(training_corpus() if corpus is None else corpus, trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", bos)])
@@ -86,7 +90,7 @@ def train_tokenizer(vocab_size: int = 512):
 
 
 def tiny_llama_config(vocab_size: int, **overrides) -> dict:
-    """The HF config dict of the default tiny Llama (2 layers, GQA 4:2, head_dim 16)."""
+    """The HF config dict of the tests' tiny Llama (2 layers, GQA 4:2, head_dim 16)."""
     from transformers import LlamaConfig
 
     fields = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -103,12 +107,10 @@ def tiny_llama_config(vocab_size: int, **overrides) -> dict:
 def write_random_checkpoint(out_dir: str, hf_config: dict, *, std: float = 0.15, seed: int = 0) -> None:
     """Writes `config.json` and `model.safetensors` with N(0, std) weights (norms at their identity),
     in the checkpoint layout of the config's architecture."""
-    from models.config import ModelConfig
-    from models.loader import abstract_model, param_name, weight_map
-    from models.transformer import init_constant
-    from models.safetensors_io import save_file
-    from models.weights import export_hf_tensors
     from flax import nnx
+    from models.config import ModelConfig
+    from models.loader import abstract_model, param_name
+    from models.transformer import init_constant
 
     cfg = ModelConfig.from_hf_dict(hf_config)
     _, state = abstract_model(cfg, np.float32)
@@ -119,29 +121,51 @@ def write_random_checkpoint(out_dir: str, hf_config: dict, *, std: float = 0.15,
         constant = init_constant(cfg, path)
         params[param_name(path)] = (np.full(shape, constant, np.float32) if constant is not None
                                     else (rng.standard_normal(shape) * std).astype(np.float32))
-    tensors = export_hf_tensors(weight_map(cfg), params)
+    save_checkpoint(out_dir, hf_config, params)
+
+
+def save_checkpoint(out_dir: str, hf_config: dict, params, *, dtype: str = "float32") -> None:
+    """Writes `config.json` and `model.safetensors` (tensors cast to `dtype`) from our parameters:
+    an `nnx.State` or a `{dotted parameter name: array}` dict, in the checkpoint layout of the
+    config's architecture (`models.loader.weight_map`)."""
+    from flax import nnx
+    from models.config import ModelConfig
+    from models.loader import DTYPES, param_name, weight_map
+    from models.safetensors_io import save_file
+    from models.weights import export_hf_tensors
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if not isinstance(params, dict):
+        params = {param_name(path): var.get_value() for path, var in nnx.to_flat_state(params)}
+    cast = {}
+    for name, value in params.items():
+        with np.errstate(over="ignore"):  # checked just below
+            cast[name] = np.asarray(value, np.float32).astype(DTYPES[dtype])
+        if not np.all(np.isfinite(cast[name])):
+            raise ValueError(f"parameter {name} does not fit {dtype} (non-finite after the cast)")
+    tensors = export_hf_tensors(weight_map(ModelConfig.from_hf_dict(hf_config)), cast)
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
 
 
+DEFAULT_MODEL_ALIASES = ("default", DEFAULT_MODEL_NAME)  # names `LLM(...)` / `--model` accept for it
+
+
+def resolve_default_model(model: str | None) -> str:
+    """`model` itself, or the shipped checkpoint's directory for None, "default" or
+    DEFAULT_MODEL_NAME (a directory of that name, if there is one, wins)."""
+    if model is None or (model in DEFAULT_MODEL_ALIASES and not os.path.isdir(model)):
+        return default_model_dir()
+    return model
+
+
 def default_model_dir() -> str:
-    """Builds (once) and returns the directory of the built-in default checkpoint."""
-    target = os.path.join(cache_dir(), f"{DEFAULT_MODEL_NAME}-v{_FORMAT_VERSION}")
-    if os.path.exists(os.path.join(target, "model.safetensors")):
-        return target
-    os.makedirs(cache_dir(), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=cache_dir(), prefix=".building-")
-    try:
-        tokenizer = train_tokenizer()
-        tokenizer.save_pretrained(tmp)
-        write_random_checkpoint(tmp, tiny_llama_config(len(tokenizer)))
-        try:
-            os.rename(tmp, target)  # atomic: concurrent builders race harmlessly
-        except OSError:
-            if not os.path.exists(os.path.join(target, "model.safetensors")):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The directory of the built-in checkpoint shipped with the package (nothing is built)."""
+    if not os.path.exists(os.path.join(DEFAULT_MODEL_DIR, "model.safetensors")):
+        raise FileNotFoundError(
+            f"the default model's weights are missing from {DEFAULT_MODEL_DIR} (an incomplete install?); "
+            f"rebuild them with: python -m pagedjax.train_default_model --out {DEFAULT_MODEL_DIR}")
+    return DEFAULT_MODEL_DIR

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import jax
 
+from models.quantization.linear import param_bytes
 from pagedjax.config import EngineConfig
 from pagedjax.engine_core import EngineCore, StepFailed
 from pagedjax.logit_controls import ConstraintFactory
@@ -264,12 +265,13 @@ class LLMEngine:
         return self.runner.profile
 
     def stats(self) -> dict:
-        """Counters: KV blocks, preemptions, prefix-cache queries/hits (tokens), compiles, timing."""
+        """Counters: KV blocks, preemptions, prefix-cache queries/hits (tokens), compiles, timing,
+        and `param_bytes`: the bytes of the model's parameters (quantized arrays as stored)."""
         s = dict(self.scheduler.stats())
         s.update(kv_cache_dtype=self.config.kv_cache_dtype, kv_bytes_per_block=self.runner.bytes_per_block(),
                  num_compiles=self.runner.steps.num_compiles, compile_seconds=self.runner.steps.compile_seconds,
                  num_steps=self.num_steps, host_seconds=self.host_seconds, attention_backend=self.backend,
                  max_model_len=self.max_model_len, startup_seconds=self.startup_seconds,
                  load_seconds=self.load_seconds, tensor_parallel_size=self.config.tensor_parallel_size,
-                 async_scheduling=self.config.async_scheduling)
+                 async_scheduling=self.config.async_scheduling, param_bytes=param_bytes(self.loaded.params))
         return s

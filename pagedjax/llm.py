@@ -13,17 +13,22 @@ from pagedjax.sampling_params import BeamSearchParams, SamplingParams, as_list
 
 
 def parse_prompt(prompt: Any) -> tuple[str | None, list[int] | None]:
-    """A prompt as (text, token ids): a string, or a `{"prompt_token_ids": [...]}` dict."""
+    """A prompt as (text, token ids): a non-empty string, or a `{"prompt_token_ids": [...]}` dict.
+    An empty prompt is a ValueError, as in vLLM (and the server's 400, and the CLI's exit 2)."""
     if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("prompt is empty (''): give at least one character, or prompt_token_ids")
         return prompt, None
     if isinstance(prompt, dict):
         if "prompt_token_ids" in prompt:
             ids = prompt["prompt_token_ids"]
             if not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) for t in ids):
                 raise ValueError("prompt_token_ids must be a list of integers")
+            if not ids:
+                raise ValueError("prompt is empty (prompt_token_ids=[]): give at least one token id")
             return prompt.get("prompt"), list(ids)
         if "prompt" in prompt and isinstance(prompt["prompt"], str):
-            return prompt["prompt"], None
+            return parse_prompt(prompt["prompt"])
     raise ValueError(f"a prompt must be a string or a {{'prompt_token_ids': [...]}} dict, got {type(prompt).__name__}")
 
 

@@ -1,7 +1,8 @@
 """The first stage of building an engine: `EngineConfig` -> a `LoadedModel`.
 
 Resolves the model (a checkpoint directory, a hub id, or a preset with random weights made on
-the device), its config, the tokenizer, the tensor-parallel mesh, the dtype, the context
+the device), its config (with its quantization: the checkpoint's, or `quantization="int8" |
+"fp8"` on load; quantized matmuls on the Pallas kernel where attention runs it), the tokenizer, the tensor-parallel mesh, the dtype, the context
 length and the EOS ids, and loads the parameters (each tensor straight to its device or
 shards). Nothing is loaded twice; the runner and the scheduler are built from the result.
 """
@@ -18,10 +19,12 @@ import time
 import jax
 
 from models.config import ModelConfig
-from models.loader import load_params, resolve_dtype, resolve_model_path
+from models.loader import load_params, resolve_dtype
+from models.quantization.linear import backend_for_attention
 from models.presets import PRESETS, preset_config, random_params
 from models.sharding import check_tensor_parallel, make_mesh, param_sharding_fn
 from pagedjax.config import EngineConfig
+from pagedjax.model_checks import check_checkpoint_dir, load_tokenizer, resolve_checkpoint
 
 logger = logging.getLogger("pagedjax")
 
@@ -54,12 +57,6 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir(), "xla"))
         # every step: small models compile in under jax's default threshold (1 s) too
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
 
 
 def _generation_eos_ids(model_dir: str) -> tuple[int, ...]:
@@ -136,26 +133,33 @@ def checkpoint_kv_scales(model_dir: str | None, num_layers: int) -> tuple | None
 
 def load_model(config: EngineConfig) -> LoadedModel:
     """Resolves and loads everything `config` names (see the module docstring)."""
-    from pagedjax.default_model import default_model_dir
+    from pagedjax.default_model import resolve_default_model
 
     start = time.perf_counter()
     enable_compilation_cache()
-    model = config.model or default_model_dir()
+    model = resolve_default_model(config.model)  # None / "default" / DEFAULT_MODEL_NAME: the shipped model
     is_preset = model in PRESETS and not os.path.isdir(model)
     if is_preset:  # real shapes, random weights made on the device, no tokenizer
+        if config.quantization is not None:
+            raise ValueError(f"quantization={config.quantization!r} needs a checkpoint; preset {model!r} has"
+                             " random float weights")
         model_dir, cfg = None, preset_config(model)
-    else:
-        model_dir = resolve_model_path(model)
-        cfg = ModelConfig.from_pretrained(model_dir)
+    else:  # friendly errors (model_checks) for a missing directory, config, weights or tokenizer
+        model_dir = resolve_checkpoint(model)
+        check_checkpoint_dir(model_dir)
+        cfg = ModelConfig.from_pretrained(model_dir, quantization=config.quantization)
+    cfg = cfg.with_expert_parallel(config.enable_expert_parallel)
     mesh, sharding_for = _tensor_parallel(cfg, config.tensor_parallel_size)
-    tokenizer_path = resolve_model_path(config.tokenizer) if config.tokenizer else model_dir
-    tokenizer = _load_tokenizer(tokenizer_path) if tokenizer_path and not config.skip_tokenizer_init else None
+    tokenizer_path = resolve_checkpoint(config.tokenizer) if config.tokenizer else model_dir
+    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path and not config.skip_tokenizer_init else None
     max_model_len = resolve_max_model_len(cfg, config.max_model_len)
     dtype = resolve_dtype(config.dtype, cfg)
     if is_preset:
         graphdef, params = random_params(cfg, dtype, seed=config.seed, sharding_for=sharding_for)
     else:  # safetensors, or an orbax checkpoint of `pagedjax convert`
-        graphdef, params = load_params(cfg, model_dir, dtype, sharding_for=sharding_for)
+        linear_backend = backend_for_attention(config.resolved_backend(jax.default_backend()))
+        graphdef, params = load_params(cfg, model_dir, dtype, sharding_for=sharding_for,
+                                       linear_backend=linear_backend)
     tok_eos = tokenizer.eos_token_id if tokenizer is not None else None
     eos = tok_eos if tok_eos is not None else (cfg.eos_token_ids or (None,))[0]
     extra = set(_generation_eos_ids(model_dir) if model_dir else ()) | set(cfg.eos_token_ids)

@@ -192,6 +192,28 @@ VARIANTS: dict[str, Variant] = {
                                                         **_rope(partial_rotary_factor=0.5))),
     "granite": Variant("GraniteConfig", dict(LLAMA_BASE, embedding_multiplier=3.0, attention_multiplier=0.2,
                                              residual_multiplier=0.5, logits_scaling=2.0)),
+    # --- mixtures of experts (a few experts of width 32-64; hidden 64)
+    "mixtral": Variant("MixtralConfig", dict(LLAMA_BASE, intermediate_size=64, head_dim=16, num_local_experts=4,
+                                             num_experts_per_tok=2)),
+    # shared expert with its sigmoid gate, unnormalised top-k, a dense layer (mlp_only_layers)
+    "qwen2-moe": Variant("Qwen2MoeConfig", dict(LLAMA_BASE, num_hidden_layers=3, moe_intermediate_size=32,
+                                                shared_expert_intermediate_size=96, num_experts=4,
+                                                num_experts_per_tok=2, mlp_only_layers=[1])),
+    # every other layer sparse (decoder_sparse_step), normalised top-3
+    "qwen2-moe-sparse-step": Variant("Qwen2MoeConfig", dict(LLAMA_BASE, moe_intermediate_size=32,
+                                                            shared_expert_intermediate_size=64, num_experts=4,
+                                                            num_experts_per_tok=3, decoder_sparse_step=2,
+                                                            norm_topk_prob=True)),
+    # 8 heads and 8 experts: tensor and expert parallel up to 8 ways
+    "qwen3-moe": Variant("Qwen3MoeConfig", dict(LLAMA_BASE, num_attention_heads=8, head_dim=16, moe_intermediate_size=32,
+                                                num_experts=8, num_experts_per_tok=2, norm_topk_prob=True)),
+    # sinks, windows shorter than the prompts on alternate layers, yarn rope, router bias, biased
+    # experts with a SwiGLU clamp the activations reach (limit 1)
+    "gpt-oss": Variant("GptOssConfig", dict(LLAMA_BASE, intermediate_size=32, head_dim=16, num_local_experts=4,
+                                            num_experts_per_tok=2, sliding_window=8, swiglu_limit=1.0,
+                                            rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0,
+                                                                 beta_fast=32.0, beta_slow=1.0, truncate=False,
+                                                                 original_max_position_embeddings=64))),
 }
 
 

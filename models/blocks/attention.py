@@ -1,5 +1,6 @@
 """Self-attention: q/k/v projections, optional clipping and q/k norms, RoPE, then the KV cache's
-`attend` with this layer's static `AttentionSpec` (window, soft-cap, ALiBi, scale), then o_proj.
+`attend` with this layer's static `AttentionSpec` (window, soft-cap, ALiBi, sinks, scale), then
+o_proj. Learned sinks (GPT-OSS, `cfg.attention_sinks`): one logit per query head, `sinks [Hq]`.
 
 q/k norm placements (`cfg.qk_norm`):
   head       one norm over head_dim shared by all heads, after the head split (Qwen3, Gemma 3, Phi)
@@ -46,6 +47,7 @@ class SelfAttention(nnx.Module):
         self.q_norm, self.k_norm = _qk_norms(cfg, dtype)
         self.clip_qkv = cfg.clip_qkv
         self.spec = cfg.attention_spec(layer)
+        self.sinks = nnx.Param(jnp.zeros((cfg.num_heads,), dtype)) if cfg.attention_sinks else None
         self.rope = cfg.layer_rope(layer) if cfg.position == "rope" else None
         self.alibi = (tuple(float(s) for s in alibi_slopes(cfg.num_heads, cfg.alibi_variant, bias_max=cfg.alibi_bias_max,
                                                            sm_scale=self.spec.sm_scale))
@@ -68,5 +70,6 @@ class SelfAttention(nnx.Module):
             cos, sin = rope_tables[self.rope]
             q, k = apply_rope(q, cos, sin, self.rope), apply_rope(k, cos, sin, self.rope)
         slopes = None if self.alibi is None else jnp.asarray(self.alibi, jnp.float32)  # f32[Hq]
-        out, cache = cache.attend(self.layer, q, k, v, positions, self.spec, alibi_slopes=slopes)
+        sinks = None if self.sinks is None else self.sinks[...].astype(jnp.float32)  # f32[Hq]
+        out, cache = cache.attend(self.layer, q, k, v, positions, self.spec, alibi_slopes=slopes, sinks=sinks)
         return self.o_proj(out.reshape(*lead, self.num_heads * self.head_dim)), cache

@@ -3,6 +3,7 @@
 Norm names follow Llama's checkpoints: `input_layernorm` belongs to the attention sub-layer,
 `post_attention_layernorm` to the MLP sub-layer, wherever the layout puts them;
 `attn_output_norm` / `mlp_output_norm` normalise a sub-layer's output (Gemma 2/3, OLMo 2).
+The feed-forward `mlp` is a dense MLP or, on a mixture's sparse layers, a `MoE` (models/blocks/moe.py).
 
   sequential, pre       x += attn(n1(x)) * m;  x += mlp(n2(x)) * m    (Llama; m: Granite's multiplier)
   sequential, sandwich  x += o1(attn(n1(x)));  x += o2(mlp(n2(x)))    (Gemma 2/3)
@@ -18,6 +19,7 @@ from flax import nnx
 
 from models.blocks.attention import SelfAttention
 from models.blocks.mlp import MLP
+from models.blocks.moe import MoE, mesh_of
 from models.blocks.norms import Norm, NormSpec
 from models.config import ModelConfig
 
@@ -39,7 +41,7 @@ class DecoderLayer(nnx.Module):
         self.attn_output_norm = make_norm(placement in ("sandwich", "output"))
         self.mlp_output_norm = make_norm(placement in ("sandwich", "output"))
         self.self_attn = SelfAttention(cfg, layer, dtype=dtype, rngs=rngs)
-        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+        self.mlp = MoE(cfg, dtype=dtype, rngs=rngs) if cfg.is_moe_layer(layer) else MLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, rope_tables, positions, cache):
         """x `[..., hidden]` -> (`[..., hidden]`, cache)."""
@@ -47,17 +49,20 @@ class DecoderLayer(nnx.Module):
             attn_in = self.input_layernorm(x)
             mlp_in = attn_in if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
             h, cache = self.self_attn(attn_in, rope_tables, positions, cache)
-            return x + h + self.mlp(mlp_in), cache
+            return x + h + self._feed_forward(mlp_in, cache), cache
         if self.placement == "post":
             h, cache = self.self_attn(x, rope_tables, positions, cache)
             x = self.input_layernorm(x + h)
-            return self.post_attention_layernorm(x + self.mlp(x)), cache
+            return self.post_attention_layernorm(x + self._feed_forward(x, cache)), cache
         pre_attn = x if self.input_layernorm is None else self.input_layernorm(x)
         h, cache = self.self_attn(pre_attn, rope_tables, positions, cache)
         x = x + self._scaled(h if self.attn_output_norm is None else self.attn_output_norm(h))
         pre_mlp = x if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
-        h = self.mlp(pre_mlp)
+        h = self._feed_forward(pre_mlp, cache)
         return x + self._scaled(h if self.mlp_output_norm is None else self.mlp_output_norm(h)), cache
+
+    def _feed_forward(self, x, cache):
+        return self.mlp(x, mesh=mesh_of(cache)) if isinstance(self.mlp, MoE) else self.mlp(x)
 
     def _scaled(self, h):
         return h if self.residual_multiplier == 1.0 else h * self.residual_multiplier

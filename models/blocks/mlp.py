@@ -10,10 +10,11 @@ from models.config import ModelConfig
 
 
 class MLP(nnx.Module):
-    """`cfg.mlp` ("gated" | "plain") with `cfg.activation` and `cfg.mlp_bias`."""
+    """`cfg.mlp` ("gated" | "plain") with `cfg.activation` and `cfg.mlp_bias`, of width
+    `intermediate_size` (default `cfg.intermediate_size`; a MoE's shared expert has its own)."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
-        h, i, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs, intermediate_size: int | None = None):
+        h, i, bias = cfg.hidden_size, intermediate_size or cfg.intermediate_size, cfg.mlp_bias
         self.activation = cfg.activation
         self.gate_proj = linear(h, i, bias, dtype, rngs) if cfg.mlp == "gated" else None
         self.up_proj = linear(h, i, bias, dtype, rngs)

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from models import hf_config
 from models.config import ModelConfig
@@ -94,13 +94,20 @@ def head_weights(cfg: ModelConfig, hf_embed: str, hf_norm: str | None, hf_head: 
 LLAMA_NORMS = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm"}
 
 
-def llama_weights(cfg: ModelConfig, prefix: str = "model.", norms: Mapping[str, str] = LLAMA_NORMS) -> list[TensorMap]:
-    """The whole Llama-layout weight map (q/k norms named q_norm / k_norm)."""
+def _dense_feed_forward(cfg: ModelConfig, hf_layer: str, ours: str, layer: int) -> list[TensorMap]:
+    return mlp_weights(cfg, f"{hf_layer}.mlp", ours)
+
+
+def llama_weights(cfg: ModelConfig, prefix: str = "model.", norms: Mapping[str, str] = LLAMA_NORMS,
+                  feed_forward: Callable[[ModelConfig, str, str, int], list[TensorMap]] = _dense_feed_forward
+                  ) -> list[TensorMap]:
+    """The whole Llama-layout weight map (q/k norms named q_norm / k_norm); `feed_forward(cfg,
+    hf_layer, ours_layer, layer)` maps each layer's MLP (the mixture-of-experts families' own)."""
     maps = head_weights(cfg, f"{prefix}embed_tokens", f"{prefix}norm")
     for i in range(cfg.num_layers):
         hf_layer, ours = f"{prefix}layers.{i}", f"layers.{i}"
         maps += layer_norm_weights(cfg, hf_layer, ours, norms)
         maps += attention_weights(cfg, hf_layer, ours)
         maps += qk_norm_weights(cfg, f"{hf_layer}.self_attn", f"{ours}.self_attn")
-        maps += mlp_weights(cfg, f"{hf_layer}.mlp", ours)
+        maps += feed_forward(cfg, hf_layer, ours, i)
     return maps

@@ -1,86 +1,159 @@
-"""Bytes model and a CPU timing ratio for quantized linear layers.
+"""What quantized linear layers buy: device bytes of a model's parameters and the KV blocks they
+free (`param_bytes_table`), and the quantized matmul's time against a bfloat16 matmul
+(`matmul_timing`). The command line is benchmarks/quant_bench.py.
 
-  python -m models.quantization.bench [--preset llama-3.1-8b] [--output-json PATH]
-
-`param_bytes_report` counts the device bytes of a preset's parameters (models/presets.py)
-with its linear layers in bfloat16 or int4 (group 128, bfloat16 scales; symmetric without
-zero points, asymmetric with int8 zero points), embeddings and the LM head in bfloat16 (as
-GPTQ / AWQ / llm-compressor checkpoints leave them) or the head in int4 too, and the KV
-blocks the saved bytes buy. `cpu_matmul_ratio` times the jnp int4 dequant matmul (the CPU
-path) against a bfloat16 matmul of the same shape: a CPU ratio, not a GPU figure.
+Bytes come from the model itself, built abstractly (`nnx.eval_shape`, nothing allocated): the
+preset's `ModelConfig` with the scheme's `quantization_config`, the loader's quantization plan
+and its `QuantizedLinear`s, counted by `param_bytes` as `LLM.stats()["param_bytes"]` counts the
+loaded ones. Embeddings and the LM head stay bfloat16 unless the scheme quantizes the head
+(GPTQ's `lm_head`), as the tools leave them.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
+import dataclasses
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels.quant_layout import QuantLayout
-from pallas_kernels.quant_matmul import quant_matmul_reference
-
 BF16_BYTES = 2
 
 
+@dataclasses.dataclass(frozen=True)
+class BenchScheme:
+    """One row: a checkpoint's `quantization_config` (or the on-load option) and its scales' dtype."""
+
+    name: str
+    quantization_config: dict | None = None
+    on_load: str | None = None  # the engine's `quantization="int8" | "fp8"`
+    scale_dtype: str = "bfloat16"  # what the format's checkpoints store (GPTQ / AWQ: float16)
+
+
+SCHEMES = (
+    BenchScheme("bf16"),
+    BenchScheme("gptq-int4-g128-sym", {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True,
+                                       "desc_act": False}, scale_dtype="float16"),
+    BenchScheme("awq-int4-g128", {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+                                  "version": "gemm"}, scale_dtype="float16"),
+    BenchScheme("gptq-int4-g128-sym+lm_head", {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True,
+                                               "desc_act": False, "lm_head": True}, scale_dtype="float16"),
+    BenchScheme("gptq-int8-channel", {"quant_method": "gptq", "bits": 8, "group_size": -1, "sym": True},
+                scale_dtype="float16"),
+    BenchScheme("int8-channel (on load)", on_load="int8"),
+    BenchScheme("fp8-channel W8A8 (on load)", on_load="fp8"),
+    BenchScheme("fp8-block-128x128", {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                      "weight_block_size": [128, 128]}, scale_dtype="float32"),
+)
+
+
+def model_param_bytes(hf_config: dict, schemes=SCHEMES, dtype=jnp.bfloat16) -> list[int]:
+    """Device bytes of the parameters of the model `hf_config` describes, quantized as each of
+    `schemes` says (the float model is built once; each scheme's `QuantizedLinear`s replace its
+    projections in a copy, as `abstract_model` does)."""
+    from flax import nnx
+
+    from models.config import ModelConfig
+    from models.loader import abstract_model, quantization_plan
+    from models.quantization.linear import param_bytes
+    from models.quantization.loading import install_quantized_linears
+
+    graphdef, float_state = abstract_model(ModelConfig.from_hf_dict(hf_config), dtype)
+    sizes = []
+    for scheme in schemes:
+        hf = dict(hf_config)
+        if scheme.quantization_config is not None:
+            hf["quantization_config"] = scheme.quantization_config
+        cfg = ModelConfig.from_hf_dict(hf, quantization=scheme.on_load)
+        plan = quantization_plan(cfg, dtype, default_scale_dtype=scheme.scale_dtype, float_state=float_state)
+        model = nnx.merge(graphdef, float_state)
+        install_quantized_linears(model, plan, bias_dtype=dtype)
+        sizes.append(param_bytes(nnx.state(model, nnx.Param)))
+    return sizes
+
+
+def param_bytes_table(hf_config: dict, schemes=SCHEMES, *, memory_bytes: int, gpu_memory_utilization: float = 0.9,
+                      block_size: int = 16, kv_cache_dtype: str = "auto") -> list[dict]:
+    """One row per scheme: parameter bytes, the ratio to the first (bfloat16) row, and the KV blocks
+    (`block_size` tokens of a bfloat16 model's pool in `kv_cache_dtype`, scales included) that fit
+    in `gpu_memory_utilization * memory_bytes` once the parameters are in, as the runner's memory
+    profile sizes the pool (less the step's activations, which do not depend on how the weights are
+    stored); `kv_blocks_gained` against the first row."""
+    from models.config import ModelConfig
+    from pallas_kernels.kv_pool import KVPoolLayout
+
+    cfg = ModelConfig.from_hf_dict(hf_config)
+    per_block = KVPoolLayout.create(cfg.num_layers, cfg.num_kv_heads, block_size, cfg.head_dim,
+                                    model_dtype=jnp.bfloat16, kv_cache_dtype=kv_cache_dtype).bytes_per_block
+    budget = int(memory_bytes * gpu_memory_utilization)
+    rows = []
+    for scheme, nbytes in zip(schemes, model_param_bytes(hf_config, schemes)):
+        rows.append(dict(scheme=scheme.name, param_bytes=nbytes, kv_bytes_per_block=per_block,
+                         kv_blocks=max(0, (budget - nbytes) // per_block)))
+    base = rows[0]
+    for row in rows:
+        row["ratio_to_" + schemes[0].name] = row["param_bytes"] / base["param_bytes"]
+        row["kv_blocks_gained"] = row["kv_blocks"] - base["kv_blocks"]
+        row["kv_tokens_gained"] = row["kv_blocks_gained"] * block_size
+    return rows
+
+
 def linear_shapes(cfg) -> list[tuple[str, int, int]]:
-    """(name, in_features, out_features) of one decoder layer's linear layers."""
+    """(name, in_features, out_features) of one Llama-style decoder layer's linear layers."""
     h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     return [("q_proj", h, cfg.num_heads * hd), ("k_proj", h, cfg.num_kv_heads * hd),
             ("v_proj", h, cfg.num_kv_heads * hd), ("o_proj", cfg.num_heads * hd, h),
             ("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h)]
 
 
-def int4_layout(in_features: int, out_features: int, *, group_size: int = 128,
-                symmetric: bool = True) -> QuantLayout:
-    return QuantLayout("int4", in_features, out_features, group_k=group_size,
-                       has_zeros=not symmetric, scale_dtype="bfloat16")
+# name -> the layer's scheme as the loader builds it (LinearScheme.layout)
+TIMED_SCHEMES = {
+    "int4-g128-sym": dict(format="gptq", bits=4, group_size=128),
+    "int4-g128-asym": dict(format="gptq", bits=4, group_size=128, symmetric=False),
+    "int8-channel": dict(format="gptq", bits=8, strategy="channel"),
+    "fp8-channel-w8a8": dict(format="on-load-fp8", bits=8, weight_type="float", strategy="channel",
+                             activation="token"),
+    "fp8-block128-w8a8": dict(format="hf-fp8", bits=8, weight_type="float", strategy="block",
+                              block_structure=(128, 128), activation="group"),
+}
 
 
-def param_bytes_report(cfg, *, group_size: int = 128, block_size: int = 16) -> dict:
-    """Device bytes of `cfg`'s parameters, bf16 vs int4 linear layers, and the KV blocks gained."""
-    shapes = linear_shapes(cfg)
-    linear_bf16 = cfg.num_layers * sum(k * n * BF16_BYTES for _, k, n in shapes)
-    int4 = {sym: cfg.num_layers * sum(int4_layout(k, n, group_size=group_size, symmetric=sym).param_bytes()
-                                      for _, k, n in shapes) for sym in (True, False)}
-    embed = cfg.vocab_size * cfg.hidden_size * BF16_BYTES
-    head = 0 if cfg.tie_word_embeddings else embed
-    head_int4 = 0 if cfg.tie_word_embeddings else \
-        int4_layout(cfg.hidden_size, cfg.vocab_size, group_size=group_size).param_bytes()
-    norms = (2 * cfg.num_layers + 1) * cfg.hidden_size * BF16_BYTES
-    total_bf16 = linear_bf16 + embed + head + norms
-    total_int4 = int4[True] + embed + head + norms
-    total_int4_head = int4[True] + embed + head_int4 + norms
-    bytes_per_block = block_size * cfg.kv_bytes_per_token(BF16_BYTES)
-    return {
-        "group_size": group_size,
-        "linear_bf16_bytes": linear_bf16,
-        "linear_int4_sym_bytes": int4[True],
-        "linear_int4_asym_bytes": int4[False],
-        "linear_ratio_sym": int4[True] / linear_bf16,
-        "linear_ratio_asym": int4[False] / linear_bf16,
-        "embedding_bytes": embed,
-        "lm_head_bf16_bytes": head,
-        "total_bf16_bytes": total_bf16,
-        "total_int4_bytes": total_int4,
-        "total_ratio": total_int4 / total_bf16,
-        "total_int4_with_int4_head_bytes": total_int4_head,
-        "total_ratio_with_int4_head": total_int4_head / total_bf16,
-        "kv_block_size": block_size,
-        "kv_bytes_per_block": bytes_per_block,
-        "kv_blocks_gained": (total_bf16 - total_int4) // bytes_per_block,
-        "kv_tokens_gained": (total_bf16 - total_int4) // bytes_per_block * block_size,
-    }
+def timed_layout(name: str, in_features: int, out_features: int):
+    """The `QuantLayout` of TIMED_SCHEMES[name] for a [in_features, out_features] weight (bf16 scales)."""
+    from models.quantization.config import ActivationScheme, LinearScheme
+
+    kwargs = dict(TIMED_SCHEMES[name])
+    activation = kwargs.pop("activation", None)
+    if activation is not None:
+        group = kwargs["block_structure"][1] if activation == "group" else None
+        kwargs["activation"] = ActivationScheme(activation, group_size=group)
+    return LinearScheme(**kwargs).layout(in_features, out_features, "bfloat16")
 
 
-def _median_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm up
+def random_arrays(layout, seed: int = 0) -> dict:
+    """Device arrays of `layout` with random contents (timing only: the values do not matter)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, spec in layout.param_specs().items():
+        if name == "qweight" and layout.weight_format == "fp8":
+            value = rng.normal(size=spec.shape).astype(np.float32)
+        elif name == "qweight" or name == "zeros":
+            info = np.iinfo(spec.dtype)
+            value = rng.integers(info.min, info.max, spec.shape, dtype=np.int64)
+            value = value if name == "qweight" else value % 8 - 4
+        elif name == "g_idx":
+            value = np.arange(layout.in_features) // layout.group_k
+        else:  # scales, input_scale
+            value = rng.uniform(0.001, 0.01, spec.shape)
+        arrays[name] = jnp.asarray(value, spec.dtype)
+    return arrays
+
+
+def median_seconds(fn, *args, repeats: int) -> float:
+    """Median wall time of `fn(*args)` (compiled and warmed up first)."""
+    jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -89,57 +162,32 @@ def _median_seconds(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def cpu_matmul_ratio(tokens: int, in_features: int, out_features: int, *, group_size: int = 128,
-                     repeats: int = 5, seed: int = 0) -> dict:
-    """Median time of the jnp int4 dequant matmul and of a bf16 matmul, same shape, this device."""
-    layout = int4_layout(in_features, out_features, group_size=group_size)
+def matmul_timing(tokens: int, in_features: int, out_features: int, schemes, backends, *,
+                  repeats: int = 5, seed: int = 0) -> list[dict]:
+    """Rows of the quantized matmul x [tokens, K] bf16 @ W [K, N] (each scheme, each backend of
+    `quantized_linear`) against a bf16 x bf16 matmul of the same shape, timed side by side on
+    this device; the bf16 matmul is timed before and after the rows (the mean of the two medians)."""
+    from models.quantization.linear import quantized_linear
+    from models.quantization.weights import QuantizedWeight
+
     rng = np.random.default_rng(seed)
-    specs = layout.param_specs()
-    arrays = {"qweight": jnp.asarray(rng.integers(-2**31, 2**31 - 1, specs["qweight"].shape), jnp.int32),
-              "scales": jnp.asarray(rng.uniform(0.001, 0.01, specs["scales"].shape), jnp.bfloat16)}
-    x = jnp.asarray(rng.normal(size=(tokens, in_features)), jnp.bfloat16)
-    w = jnp.asarray(rng.normal(size=(in_features, out_features)) * 0.02, jnp.bfloat16)
-    quant = jax.jit(lambda x, a: quant_matmul_reference(x, a, layout=layout))
+    x = jnp.asarray(rng.normal(size=(tokens, in_features)), jnp.bfloat16)  # [M, K]
+    w = jnp.asarray(rng.normal(size=(in_features, out_features)) * 0.02, jnp.bfloat16)  # [K, N]
     dense = jax.jit(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype))
-    t_quant = _median_seconds(quant, x, arrays, repeats=repeats)
-    t_dense = _median_seconds(dense, x, w, repeats=repeats)
-    return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-            "shape": [tokens, in_features, out_features], "group_size": group_size,
-            "int4_dequant_matmul_ms": t_quant * 1e3, "bf16_matmul_ms": t_dense * 1e3,
-            "time_ratio_int4_over_bf16": t_quant / t_dense}
-
-
-def main(argv=None) -> int:
-    from models.presets import preset_config
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="llama-3.1-8b")
-    parser.add_argument("--tokens", type=int, default=16)
-    parser.add_argument("--layer", default="gate_proj", help="which linear layer's shape to time")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output-json")
-    args = parser.parse_args(argv)
-    cfg = preset_config(args.preset)
-    report = param_bytes_report(cfg)
-    shapes = {name: (k, n) for name, k, n in linear_shapes(cfg)}
-    if args.layer not in shapes:
-        raise ValueError(f"--layer must be one of {sorted(shapes)}, got {args.layer!r}")
-    timing = cpu_matmul_ratio(args.tokens, *shapes[args.layer], repeats=args.repeats)
-    print(f"{args.preset}: linear layers int4 g128 / bf16 = {report['linear_ratio_sym']:.3f}"
-          f" (asym {report['linear_ratio_asym']:.3f}); all parameters"
-          f" {report['total_int4_bytes'] / 2**30:.2f} / {report['total_bf16_bytes'] / 2**30:.2f} GiB"
-          f" = {report['total_ratio']:.3f} (int4 head too: {report['total_ratio_with_int4_head']:.3f});"
-          f" KV blocks gained {report['kv_blocks_gained']} ({report['kv_tokens_gained']} tokens)")
-    print(f"{timing['backend']} ({timing['device']}) {args.layer} {timing['shape']}: int4 dequant"
-          f" matmul {timing['int4_dequant_matmul_ms']:.2f} ms, bf16 matmul {timing['bf16_matmul_ms']:.2f} ms,"
-          f" ratio {timing['time_ratio_int4_over_bf16']:.2f} (jnp path; a {timing['backend']} figure)")
-    if args.output_json:
-        result = {"preset": args.preset, "jax_version": jax.__version__, "machine": platform.machine(),
-                  "param_bytes": report, f"{timing['backend']}_timing": timing}
-        with open(args.output_json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    dense_times = [median_seconds(dense, x, w, repeats=repeats)]
+    rows = []
+    for name in schemes:
+        layout = timed_layout(name, in_features, out_features)
+        arrays = random_arrays(layout, seed)
+        for backend in backends:
+            fn = jax.jit(lambda x, a, layout=layout, backend=backend:
+                         quantized_linear(x, QuantizedWeight(layout, a), backend=backend))
+            seconds = median_seconds(fn, x, arrays, repeats=repeats)
+            rows.append(dict(scheme=name, backend=backend, shape=[tokens, in_features, out_features],
+                             weight_bytes=layout.param_bytes(), ms=seconds * 1e3))
+    dense_times.append(median_seconds(dense, x, w, repeats=repeats))
+    dense_ms = statistics.median(dense_times) * 1e3
+    for row in rows:
+        row.update(bf16_matmul_ms=dense_ms, time_ratio_to_bf16=row["ms"] / dense_ms,
+                   bf16_weight_bytes=in_features * out_features * BF16_BYTES)
+    return rows

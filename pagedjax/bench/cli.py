@@ -19,7 +19,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def _add_model_and_engine(p) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint directory, hub id, or preset (llama-3.2-1b, llama-3.1-8b, qwen2.5-7b; random "
-                        "weights); default: the built-in tiny Llama")
+                        "weights); default: the built-in model, pydoc-llama")
     p.add_argument("--dtype", default="auto", help="auto (the checkpoint's; bfloat16 for presets), float32, "
                                                    "bfloat16 or float16")
     p.add_argument("--seed", type=int, default=0, help="seed of the requests and of a preset's weights")
@@ -82,13 +82,28 @@ def _add_throughput(sub) -> None:
     p.set_defaults(func=_run_throughput)
 
 
+def require_torch_for(baselines: tuple[str, ...]) -> None:
+    """ValueError (a one-line CLI error) when a Hugging Face baseline is asked for without PyTorch."""
+    import importlib.util
+
+    from pagedjax.bench.baselines import HF_BASELINES
+
+    wanted = [b for b in baselines if b in HF_BASELINES]
+    if wanted and importlib.util.find_spec("torch") is None:
+        raise ValueError(f"the {' and '.join(wanted)} baseline{'s need' if len(wanted) > 1 else ' needs'} PyTorch, "
+                         f"which is not installed: install the test extra (pip install -e '.[test]') or torch, or "
+                         f"leave the HF baselines out with --baselines none (or --baselines jax-static)")
+
+
 def _run_throughput(args) -> int:
     from pagedjax.bench.baselines import parse_baselines
     from pagedjax.bench.throughput import ThroughputConfig, run_throughput
 
+    baselines = parse_baselines(args.baselines)
+    require_torch_for(baselines)
     cfg = ThroughputConfig(
         model=args.model, dtype=args.dtype, num_prompts=args.num_prompts, input_len=args.input_len,
-        output_len=args.output_len, dataset=args.dataset, seed=args.seed, baselines=parse_baselines(args.baselines),
+        output_len=args.output_len, dataset=args.dataset, seed=args.seed, baselines=baselines,
         hf_batch_size=args.hf_batch_size, static_batch_size=args.static_batch_size,
         baseline_num_prompts=args.baseline_num_prompts, run_engine=not args.no_engine,
         engine=_engine_options(args), weights_dir=args.weights_dir, roofline_batches=args.roofline_batches,
@@ -188,7 +203,8 @@ def _add_compile(sub) -> None:
 
     add_engine_arguments(p, exclude=tuple(n for n in EngineConfig.field_names() if n not in _COMPILE_OPTIONS),
                          title="engine options (as LLM's)")
-    p.add_argument("--max-buckets", type=int, default=None, help="compile only the first N buckets")
+    p.add_argument("--max-buckets", type=int, default=None,
+                   help="compile only N buckets, spread from the smallest to the largest")
     p.add_argument("--no-kernel-stats", action="store_true", help="skip ptxas -v (registers, spills)")
     p.add_argument("--output-json", default=None, help="write the report here")
     p.set_defaults(func=_run_compile)

@@ -38,7 +38,7 @@ class CompileConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     gpu_memory_utilization: float = 0.9
-    max_buckets: int | None = None  # compile only the first N buckets (a quick check)
+    max_buckets: int | None = None  # compile only N buckets, spread from the smallest to the largest
     kernel_stats: bool = True  # ptxas -v on every Triton kernel (registers, spills)
 
     def __post_init__(self):
@@ -109,7 +109,9 @@ def run_compile(cfg: CompileConfig, progress=None) -> dict:
     runner, num_blocks, param_bytes = _abstract_runner(cfg)
     shapes = runner.steps.all_plain_shapes()
     total_buckets = len(shapes)
-    shapes = shapes[: cfg.max_buckets] if cfg.max_buckets else shapes
+    if cfg.max_buckets and cfg.max_buckets < total_buckets:  # spread: the smallest, ..., the largest
+        n = cfg.max_buckets
+        shapes = [shapes[0]] if n == 1 else [shapes[round(i * (total_buckets - 1) / (n - 1))] for i in range(n)]
     pool = runner._pool_struct(num_blocks)
     pool_bytes = num_blocks * runner.kv_layout.bytes_per_block
     rows = []

@@ -35,7 +35,7 @@ def add_serve_parser(sub) -> None:
                     "says otherwise; Ctrl-C or SIGTERM "
                     "stops it after in-flight requests finish.")
     p.add_argument("model", nargs="?", default=None,
-                   help="checkpoint directory or Hugging Face hub id (default: the built-in tiny Llama)")
+                   help="checkpoint directory or Hugging Face hub id (default: the built-in model, pydoc-llama)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     p.add_argument("--api-key", default=os.environ.get("PAGEDJAX_API_KEY"),

@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from pagedjax.config import EngineConfig
+from pagedjax.default_model import DEFAULT_MODEL_NAME
 from pagedjax.server.app import build_app
 from pagedjax.server.async_engine import AsyncEngine
 from pagedjax.server.chat_options import ChatOptions
@@ -64,7 +65,7 @@ def build_server_app(engine_config: EngineConfig, options: ServerOptions, on_rea
     for a compile later (slow on a cold compilation cache)."""
     from pagedjax.engine import LLMEngine
 
-    names = list(options.served_model_names) or [engine_config.model]
+    names = list(options.served_model_names) or [engine_config.model or DEFAULT_MODEL_NAME]
     engine = LLMEngine(engine_config)
     if precompile:  # NOTE: before the engine thread exists, so this thread may use the engine
         start = time.perf_counter()
@@ -121,7 +122,7 @@ def serve(engine_config: EngineConfig, options: ServerOptions, precompile: bool 
     """Serves until SIGINT/SIGTERM; returns the exit status. Prints
     `pagedjax: serving <names> on http://HOST:PORT` to stdout once requests are accepted."""
     sock = bind_socket(options.host, options.port)
-    names = list(options.served_model_names) or [engine_config.model]
+    names = list(options.served_model_names) or [engine_config.model or DEFAULT_MODEL_NAME]
 
     def ready():
         print(f"pagedjax: serving {', '.join(names)} on {_url(sock)}", flush=True)

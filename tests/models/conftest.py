@@ -35,19 +35,18 @@ def hf_greedy(checkpoint_factory):
 
     cache = {}
 
+    def one(variant: str, ids: tuple[int, ...]) -> list[int]:
+        if (variant, ids) not in cache:  # per prompt: test files with different prompt lists share them
+            model = hf_model(checkpoint_factory(variant))  # fresh: HF's dynamic rope keeps state
+            model.generation_config.eos_token_id = None  # EOS neither stops nor is suppressed (ignore_eos)
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), max_new_tokens=GREEDY_TOKENS, do_sample=False,
+                                     pad_token_id=0)
+            cache[variant, ids] = out[0, len(ids):].tolist()
+            assert len(cache[variant, ids]) == GREEDY_TOKENS
+        return cache[variant, ids]
+
     def get(variant: str, prompts: list[list[int]]) -> list[list[int]]:
-        key = (variant, tuple(map(tuple, prompts)))
-        if key not in cache:
-            outs = []
-            for ids in prompts:
-                model = hf_model(checkpoint_factory(variant))  # fresh: HF's dynamic rope keeps state
-                model.generation_config.eos_token_id = None  # EOS neither stops nor is suppressed (ignore_eos)
-                with torch.no_grad():
-                    out = model.generate(torch.tensor([ids]), max_new_tokens=GREEDY_TOKENS, do_sample=False,
-                                         pad_token_id=0)
-                outs.append(out[0, len(ids):].tolist())
-                assert len(outs[-1]) == GREEDY_TOKENS
-            cache[key] = outs
-        return cache[key]
+        return [list(one(variant, tuple(ids))) for ids in prompts]
 
     return get

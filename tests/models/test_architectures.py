@@ -251,7 +251,8 @@ def test_layer_windows_and_specs(checkpoint_factory):
 
 
 # Parameter counts of the released checkpoints (embeddings included), to 1%.
-REAL_SIZES = {"opt-13b": 12.85e9, "gemma-2-9b": 9.24e9, "phi-3-mini": 3.82e9, "falcon-7b": 6.92e9}
+REAL_SIZES = {"opt-13b": 12.85e9, "gemma-2-9b": 9.24e9, "phi-3-mini": 3.82e9, "falcon-7b": 6.92e9,
+              "mixtral-8x7b": 46.70e9, "qwen3-30b-a3b": 30.53e9, "gpt-oss-20b": 20.91e9, "qwen1.5-moe-a2.7b": 14.32e9}
 
 
 @pytest.mark.parametrize("name", sorted(REAL_SIZES))

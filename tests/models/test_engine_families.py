@@ -1,9 +1,8 @@
 """Every family through the paged engine: 32 greedy tokens of `LLM.generate` on a mixed batch
 (prompts of several lengths, chunked prefill beside decodes) equal HF `generate`.
 
-NOTE: families whose attention goes beyond plain causal softmax (ALiBi, soft-caps, sliding
-windows) need the paged kernels' `AttentionSpec` support from the kernels branch; until that is
-merged their cases raise NotImplementedError in `PagedKVCache.attend`.
+Attention beyond plain causal softmax (ALiBi, soft-caps, sliding windows, GPT-OSS's sinks) runs
+through the paged kernels' `AttentionSpec` support.
 """
 
 from __future__ import annotations
@@ -18,10 +17,12 @@ from tests.models.conftest import GREEDY_TOKENS
 # is checked against HF in test_hf_parity.py; Llama itself in tests/engine): learned positions
 # and Conv1D qkv, post-norm with project_in/out, partial and interleaved rotary with parallel
 # blocks, grouped qkv, per-head / all-heads q/k norms, (1 + w) norms, multipliers; then the
-# ALiBi, soft-cap and window families (after the kernels merge).
+# ALiBi, soft-cap and window families; the mixtures of experts (routed compute over packed
+# tokens, a shared expert and a dense layer, q/k norms, GPT-OSS's sinks and alternating windows).
 FAMILY_VARIANTS = ["gpt2", "opt-350m-post-norm", "gpt-neox", "gptj", "falcon-new-decoder", "stablelm", "olmo2",
                    "phi", "gemma", "granite",
-                   "bloom", "mpt", "falcon-rw-alibi", "gemma2", "gemma3", "phi3-window-partial", "starcoder2-window"]
+                   "bloom", "mpt", "falcon-rw-alibi", "gemma2", "gemma3", "phi3-window-partial", "starcoder2-window",
+                   "mixtral", "qwen2-moe", "qwen3-moe", "gpt-oss"]
 TEXTS = ["Return the value", "The quick brown fox jumps over the lazy dog"]
 # Small limits keep the compiled buckets to two: a 16-token mixed step (the 27-token prompt
 # chunks at 16, beside the other's decodes) and a decode step, over one block-table width.

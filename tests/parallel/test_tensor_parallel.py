@@ -15,6 +15,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECKS = os.path.join("tests", "parallel", "_tp_checks.py")
 SPEC_CHECKS = os.path.join("tests", "parallel", "_tp_spec_checks.py")  # passes after the kernels merge
+MOE_CHECKS = os.path.join("tests", "parallel", "_tp_moe_checks.py")
 
 
 def subprocess_env(device_count: int) -> dict:
@@ -48,3 +49,7 @@ def test_tensor_parallel_checks_on_eight_cpu_devices():
 
 def test_tensor_parallel_of_alibi_softcap_and_window_families():
     _run_checks(SPEC_CHECKS, 4)
+
+
+def test_mixtures_of_experts_tensor_and_expert_parallel():
+    _run_checks(MOE_CHECKS, 6)

@@ -108,6 +108,8 @@ def test_on_load_and_unquantized():
 @pytest.mark.parametrize("qcfg,quantization,match", [
     ({"quant_method": "bitsandbytes"}, None,
      r"quant_method 'bitsandbytes' is not supported \(supported: quant_method gptq, awq, compressed-tensors, fp8"),
+    # GPT-OSS's MXFP4 experts wait for the MoE blocks
+    ({"quant_method": "mxfp4"}, None, r"quant_method 'mxfp4' is not supported \(supported: .* quantization='int8'"),
     (None, "gptq", "needs a checkpoint whose config.json has a quantization_config"),
     ({"quant_method": "gptq", "bits": 4}, "awq", "does not match the checkpoint's quant_method 'gptq'"),
     ({"quant_method": "gptq", "bits": 3}, None, r"gptq bits=3 is not supported \(supported: 4, 8\)"),
@@ -134,3 +136,21 @@ def test_unsupported_is_a_clear_error(qcfg, quantization, match):
     hf = {} if qcfg is None else {"quantization_config": qcfg}
     with pytest.raises(ValueError, match=match):
         QuantizationConfig.from_hf_config(hf, quantization)
+
+
+def test_the_engine_names_what_is_supported(checkpoint_factory, tmp_path):
+    """A checkpoint with an unsupported quant_method, and an unknown `quantization` option."""
+    import shutil
+
+    from pagedjax import LLM
+
+    model_dir = tmp_path / "bnb"
+    shutil.copytree(checkpoint_factory("llama"), model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"quant_method 'bitsandbytes' is not supported \(supported: quant_method"
+                                         r" gptq, awq, compressed-tensors, fp8 in config.json, or quantization="):
+        LLM(str(model_dir), num_kv_blocks=8, max_model_len=32)
+    with pytest.raises(ValueError, match=r"quantization must be None or one of \('gptq', 'awq'.*got 'int4'"):
+        LLM(checkpoint_factory("llama"), quantization="int4")
