@@ -15,6 +15,7 @@ import json
 from typing import Any, ClassVar
 
 from pagedjax.tool_parsers.json_stream import JsonEvent, JsonStreamer, JsonStreamError
+from pagedjax.tool_parsers.markers import skip_json_whitespace
 from pagedjax.tool_parsers.types import (DeltaFunctionCall, DeltaMessage, DeltaToolCall, ExtractedToolCalls,
                                          ToolCallIdFactory, merge_deltas, random_tool_call_id)
 
@@ -37,6 +38,8 @@ class ToolParser(abc.ABC):
         self._pending = ""
         self._out: list[DeltaMessage] = []
         self._failed = False
+        self._call: SingleCallStream | None = None  # the call being streamed (JSON-object formats)
+        self._num_calls = 0
 
     @abc.abstractmethod
     def extract_tool_calls(self, text: str) -> ExtractedToolCalls:
@@ -73,6 +76,22 @@ class ToolParser(abc.ABC):
     def _tool(self, calls: list[DeltaToolCall]) -> None:
         if calls:
             self._out.append(DeltaMessage(tool_calls=tuple(calls)))
+
+    def _open_call(self) -> bool:
+        """Skips JSON whitespace of the pending text; with text left, opens the next call's
+        `SingleCallStream` (True). False: wait for more text."""
+        self._pending = self._pending[skip_json_whitespace(self._pending):]
+        if not self._pending:
+            return False
+        self._call = SingleCallStream(self._num_calls, self.make_id)
+        self._num_calls += 1
+        return True
+
+    def _feed_call(self) -> bool:
+        """Feeds the pending text to the open call, emitting its deltas; True once its JSON is complete."""
+        deltas, self._pending = self._call.feed(self._pending)
+        self._tool(deltas)
+        return self._call.done
 
 
 class ObjectCallStream:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from pagedjax.tool_parsers.base import SingleCallStream, ToolParser
+from pagedjax.tool_parsers.base import ToolParser
 from pagedjax.tool_parsers.markers import skip_json_whitespace, split_at_marker
 from pagedjax.tool_parsers.types import ExtractedToolCalls, call_from_object
 
@@ -25,8 +25,6 @@ class HermesToolParser(ToolParser):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._state = "content"    # content -> open -> call -> close -> between -> open ...
-        self._call: SingleCallStream | None = None
-        self._num_calls = 0
 
     def extract_tool_calls(self, text: str) -> ExtractedToolCalls:
         start = text.find(START)
@@ -59,17 +57,11 @@ class HermesToolParser(ToolParser):
                     return
                 self._state = "open"
             elif state == "open":
-                buf = buf[skip_json_whitespace(buf):]
-                self._pending = buf
-                if not buf:
+                if not self._open_call():
                     return
-                self._call = SingleCallStream(self._num_calls, self.make_id)
-                self._num_calls += 1
                 self._state = "call"
             elif state == "call":
-                deltas, self._pending = self._call.feed(buf)
-                self._tool(deltas)
-                if not self._call.done:
+                if not self._feed_call():
                     return
                 self._state = "close"
             else:  # close: whitespace, then the end tag (or the end of the output)

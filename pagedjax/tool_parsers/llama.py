@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from pagedjax.tool_parsers.base import SingleCallStream, ToolParser
+from pagedjax.tool_parsers.base import ToolParser
 from pagedjax.tool_parsers.markers import skip_json_whitespace
 from pagedjax.tool_parsers.types import ExtractedToolCalls, call_from_object
 
@@ -24,8 +24,6 @@ class Llama3JsonToolParser(ToolParser):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._state = "lead"       # lead -> (content | call -> separator -> next -> call ...)
-        self._call: SingleCallStream | None = None
-        self._num_calls = 0
 
     def extract_tool_calls(self, text: str) -> ExtractedToolCalls:
         pos = skip_json_whitespace(text)
@@ -75,17 +73,11 @@ class Llama3JsonToolParser(ToolParser):
                 self._content(buf)
                 self._pending = ""
             elif state == "next":
-                buf = buf[skip_json_whitespace(buf):]
-                self._pending = buf
-                if not buf:
+                if not self._open_call():
                     return
-                self._call = SingleCallStream(self._num_calls, self.make_id)
-                self._num_calls += 1
                 self._state = "call"
             elif state == "call":
-                deltas, self._pending = self._call.feed(buf)
-                self._tool(deltas)
-                if not self._call.done:
+                if not self._feed_call():
                     return
                 self._state = "separator"
             else:  # separator

@@ -45,7 +45,6 @@ class MistralToolParser(ToolParser):
         super().__init__(make_id=make_id)
         self._state = "content"    # content -> after_bot -> (array -> end | name -> args -> after_args -> name ...)
         self._stream: ArrayCallStream | ArgumentsStream | None = None
-        self._num_calls = 0
 
     def extract_tool_calls(self, text: str) -> ExtractedToolCalls:
         start = text.find(BOT)
